@@ -1,0 +1,91 @@
+"""Ba & Caruana's shallow mimic students: shapes, the linear bottleneck, parameter counts and input errors."""
+
+import pytest
+import torch
+import torch.fx
+from torch import nn
+
+from nondeep import measure
+from nondeep.errors import InputShapeError
+from nondeep.models import ConvShallowMimicNet, ShallowMimicNet, create_model, get_default_cfg
+
+
+def _expected_params(in_features, hidden, bottleneck, classes=10):
+    # bottleneck weights (no bias) + hidden weights and bias + classifier weights and bias
+    first = in_features * bottleneck + bottleneck * hidden if bottleneck else in_features * hidden
+    return first + hidden + hidden * classes + classes
+
+
+@pytest.mark.parametrize("name, in_features, hidden, bottleneck", [
+    ("mimic_snn_1k", 784, 1000, 250),
+    ("mimic_snn_8k", 784, 8000, 250),
+    ("mimic_snn_8k_nobottleneck", 784, 8000, None),
+])
+def test_parameter_count_formula(name, in_features, hidden, bottleneck):
+    with torch.device("meta"):
+        model = create_model(name)
+    assert measure.count_params(model) == _expected_params(in_features, hidden, bottleneck)
+
+
+def test_conv_student_parameter_count():
+    with torch.device("meta"):
+        model = create_model("mimic_cnn_8k")
+    conv = 1 * 128 * 5 * 5 + 128
+    assert measure.count_params(model) == conv + _expected_params(128 * 14 * 14, 8000, 250)
+
+
+def test_bottleneck_is_linear():
+    model = ShallowMimicNet(hidden=64, bottleneck=16)
+    graph = torch.fx.symbolic_trace(model).graph
+    (bottleneck,) = [n for n in graph.nodes if n.op == "call_module" and n.target == "bottleneck"]
+    # The bottleneck feeds the hidden layer directly: no activation in between.
+    assert [(u.op, u.target) for u in bottleneck.users] == [("call_module", "hidden")]
+    assert model.bottleneck.bias is None
+    assert ShallowMimicNet(hidden=64, bottleneck=None).bottleneck is None
+
+
+@pytest.mark.parametrize("cls", [ShallowMimicNet, ConvShallowMimicNet])
+def test_shapes_and_classifier_api(cls):
+    model = cls(hidden=64, bottleneck=16, conv_channels=8) if cls is ConvShallowMimicNet else cls(hidden=64)
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+    hidden = model.forward_features(x)
+    assert hidden.shape == (2, 64) and model.num_features == 64 and (hidden >= 0).all()
+    assert model.get_classifier() is model.fc
+    model.reset_classifier(0)
+    torch.testing.assert_close(model(x), hidden)
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3) and model.num_classes == 3
+
+
+def test_registered_students_forward():
+    x = torch.randn(2, 1, 28, 28)
+    for name in ["mimic_snn_1k", "mimic_cnn_8k"]:
+        assert create_model(name)(x).shape == (2, 10)
+    cfg = get_default_cfg("mimic_snn_8k")
+    assert cfg["input_size"] == (1, 28, 28) and cfg["mean"] == (0.2860,) and cfg["std"] == (0.3530,)
+
+
+def test_input_size_and_channels():
+    model = create_model("mimic_snn_1k", in_chans=3, num_classes=100)
+    assert model.input_size == (3, 28, 28) and model.pretrained_cfg["input_size"] == (3, 28, 28)
+    assert model(torch.randn(2, 3, 28, 28)).shape == (2, 100)
+    model = ConvShallowMimicNet(input_size=(3, 32, 32), hidden=32, conv_channels=4)
+    assert model.input_size == (3, 32, 32) and model.bottleneck.in_features == 4 * 16 * 16
+    assert ShallowMimicNet(input_size=(32, 32), hidden=32).input_size == (1, 32, 32)
+
+
+def test_input_errors_name_the_expected_value():
+    model = ShallowMimicNet(hidden=32)
+    with pytest.raises(InputShapeError, match="expects 28x28 images, got 32x32"):
+        model(torch.randn(2, 1, 32, 32))
+    with pytest.raises(InputShapeError, match="expects 1 input channel"):
+        model(torch.randn(2, 3, 28, 28))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="activation"):
+        ShallowMimicNet(activation="gelu")
+    with pytest.raises(ValueError, match="conv_channels"):
+        ConvShallowMimicNet(conv_channels=0)
+    assert isinstance(ShallowMimicNet(hidden=8, activation="tanh").act, nn.Tanh)

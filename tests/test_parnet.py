@@ -1,0 +1,97 @@
+"""ParNet: the paper's parameter counts, measured depth 12, shapes, ablation arguments and input errors."""
+
+import pytest
+import torch
+
+from nondeep import InputShapeError, create_model, measure, reparameterize_model
+from nondeep.models import ParNet, RepVGGBlock
+
+# Paper (fused), and the unfused counts of a faithful re-statement of the authors' code (reference.md).
+PAPER_FUSED_M = {"parnet_s": 19.0, "parnet_m": 35.6, "parnet_l": 54.9, "parnet_xl": 85.0}
+REFERENCE_UNFUSED_M = {"parnet_s": 20.98, "parnet_m": 38.95, "parnet_l": 60.18, "parnet_xl": 93.18}
+
+
+def _meta(name, **kw):
+    with torch.device("meta"):
+        return create_model(name, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_FUSED_M))
+def test_imagenet_parameter_counts_match_paper(name):
+    model = _meta(name)
+    fused = reparameterize_model(model)
+    fused_m = measure.count_params(fused) / 1e6
+    assert abs(fused_m - PAPER_FUSED_M[name]) / PAPER_FUSED_M[name] < 0.02, fused_m
+    assert measure.count_params(model) / 1e6 == pytest.approx(REFERENCE_UNFUSED_M[name], abs=0.01)
+
+
+@pytest.mark.parametrize("name", ["parnet_s", "parnet_xl", "parnet_small_image_s", "parnet_tiny"])
+def test_depth_is_twelve_before_and_after_fusion(name):
+    model = _meta(name)
+    assert measure.depth(model) == 12
+    assert measure.depth(reparameterize_model(model)) == 12
+
+
+def test_fused_flops_of_parnet_s():
+    # Reference: fused ParNet-S is 9.67 GFLOP (2 x MACs) at 224x224.
+    assert measure.count_flops(reparameterize_model(_meta("parnet_s"))) / 1e9 == pytest.approx(9.67, abs=0.01)
+
+
+def test_parnet_tiny_size_and_forms():
+    model = create_model("parnet_tiny")
+    assert 0.3e6 <= measure.count_params(model) <= 1e6
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    grey = create_model("parnet_tiny", in_chans=1, num_classes=7)
+    assert grey(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    assert grey.pretrained_cfg["input_size"] == (1, 32, 32) and len(grey.pretrained_cfg["mean"]) == 1
+
+
+def test_imagenet_forward_and_small_image_flag():
+    model = create_model("parnet_s").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    small = create_model("parnet_s", small_image=True)
+    assert small.pretrained_cfg["input_size"] == (3, 32, 32) and small.num_classes == 10
+    assert measure.depth(small) == 12
+
+
+@pytest.mark.parametrize("num_streams", [1, 2, 3, 4])
+def test_stream_count_is_a_builder_argument(num_streams):
+    model = create_model("parnet_tiny", num_streams=num_streams, in_chans=1)
+    assert len(model.streams) == num_streams and len(model.fusions) == max(0, num_streams - 1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    assert measure.depth(model) <= 14  # a fourth stream starts one block deeper
+
+
+def test_width_multiplier_and_block_types():
+    base = measure.count_params(create_model("parnet_tiny"))
+    wide = measure.count_params(create_model("parnet_tiny", width_multiplier=2.0))
+    assert 3.0 < wide / base < 4.5  # conv weights grow with width squared
+    for block_type in ("rep_sse", "rep", "plain"):
+        model = create_model("parnet_tiny", block_type=block_type)
+        assert all(b.block_type == block_type for b in model.modules() if isinstance(b, RepVGGBlock))
+    plain = create_model("parnet_tiny", block_type="plain")
+    assert not any(b.conv1x1 is not None for b in plain.modules() if isinstance(b, RepVGGBlock))
+    with pytest.raises(ValueError, match="block_type"):
+        create_model("parnet_tiny", block_type="resnet")
+
+
+def test_classifier_api():
+    model = create_model("parnet_tiny")
+    assert model.get_classifier().out_features == 10
+    feats = model.forward_features(torch.randn(2, 3, 32, 32))
+    assert feats.shape == (2, model.num_features, 8, 8)
+    model.reset_classifier(0)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, model.num_features)
+
+
+def test_wrong_channels_and_size_say_what_is_expected():
+    model = create_model("parnet_tiny")
+    with pytest.raises(InputShapeError, match="expects 3 input channel"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(InputShapeError, match="multiples of 4"):
+        model(torch.randn(1, 3, 30, 30))
+    with pytest.raises(InputShapeError, match="multiples of 32"):
+        create_model("parnet_s")(torch.randn(1, 3, 100, 100))
+    with pytest.raises(ValueError, match="widths"):
+        ParNet(widths=(8, 16, 32), stream_depths=(1, 1, 1))
