@@ -12,3 +12,7 @@ class UnknownModelError(NondeepError, KeyError):
 
 class InputShapeError(NondeepError, ValueError):
     """An input tensor whose channels or size the model cannot take."""
+
+
+class DatasetError(NondeepError):
+    """A dataset that is missing, incomplete or corrupt; the message says where it looked and how to get it."""

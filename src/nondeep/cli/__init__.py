@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..errors import NondeepError
 
-COMMANDS = ["models", "quickstart"]
+COMMANDS = ["models", "train", "quickstart"]
 
 
 def build_parser() -> argparse.ArgumentParser:

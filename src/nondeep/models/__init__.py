@@ -1,6 +1,6 @@
 """Model families and the registry. Importing a family module registers its builders."""
 
-from . import mimic, parnet, preact_resnet, wrn  # noqa: F401  (registration side effects)
+from . import mimic, parnet, preact_resnet, resnet_small, wrn  # noqa: F401  (registration side effects)
 from ._registry import create_model, get_default_cfg, is_model, list_models, register_model
 from .blocks import ConvBN, ConvBNAct, FusionBlock, RepVGGBlock, SqueezeGate
 from .mimic import ConvShallowMimicNet, ShallowMimicNet

@@ -1,0 +1,139 @@
+"""Checkpoints: one safetensors file holding the model, optimizer and EMA tensors, with the rest of the state
+(epoch, step, recipe, metrics, model name and arguments) as JSON in the file's metadata.
+
+Nothing is unpickled: safetensors stores raw tensors and the state is JSON. Writes go to a temporary file
+that is flushed and renamed, so a crash leaves the previous checkpoint intact. The metadata records a
+SHA-256 of the tensor data; a truncated or altered file is refused on load, never half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .errors import NondeepError
+from .report import atomic_write_bytes
+
+FORMAT = "nondeep-checkpoint-v1"
+
+
+class CheckpointError(NondeepError):
+    """A checkpoint that is missing, corrupt, or does not fit the model asked for."""
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (safetensors) and the JSON-able rest."""
+    tensors, scalars = {}, {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
+                    optimizer: torch.optim.Optimizer | None = None, ema: nn.Module | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write model (+ optimizer, EMA, extra tensors such as RNG states) and `meta` (JSON-able) atomically."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = dict(meta, format=FORMAT)
+    if optimizer is not None:
+        opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+        tensors.update({f"optim.{k}": v.detach().cpu().contiguous() for k, v in opt_tensors.items()})
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
+    meta["sha256"] = _digest(tensors)
+    payload = st_save(tensors, metadata={"nondeep": json.dumps(meta)})
+    try:
+        atomic_write_bytes(path, payload)
+    except OSError as err:
+        raise CheckpointError(f"could not write checkpoint {path} ({err.strerror}); the previous file, if any, "
+                              f"is intact: free space or choose another --out") from err
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """All tensors (by prefix: model., optim., ema., extra.) and the meta dict, verified against its hash."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass the .safetensors file a training run wrote")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["nondeep"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, ValueError, KeyError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}): use another "
+                              f"checkpoint (e.g. best.safetensors / last.safetensors) or retrain") from err
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a nondeep checkpoint (format {meta.get('format')!r})")
+    if _digest(tensors) != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} fails its checksum (altered or partly written): use another "
+                              f"checkpoint or retrain")
+    return tensors, meta
+
+
+def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", num_classes: int | None = None,
+               use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the registered model a checkpoint was trained as and load its weights strictly; eval mode.
+    `num_classes`, when given, must match the checkpoint's (a clear error otherwise)."""
+    from .models import create_model
+
+    tensors, meta = read_checkpoint(path)
+    trained_classes = meta["model_kwargs"].get("num_classes")
+    if num_classes is not None and trained_classes is not None and num_classes != trained_classes:
+        raise CheckpointError(f"checkpoint {path} was trained for {trained_classes} classes, not {num_classes}: "
+                              f"evaluate it on a dataset with {trained_classes} classes or fine-tune it")
+    model = create_model(meta["model"], **meta["model_kwargs"])
+    weights = _with_prefix(tensors, "ema.module.") if use_ema else _with_prefix(tensors, "model.")
+    if use_ema and not weights:
+        raise CheckpointError(f"checkpoint {path} holds no EMA weights: train with --ema-decay > 0")
+    model.load_state_dict(weights, strict=True)
+    return model.to(map_location).eval(), meta
+
+
+def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                        ema: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore model/optimizer/EMA in place for --resume; returns (meta, extra tensors)."""
+    tensors, meta = read_checkpoint(path)
+    model.load_state_dict(_with_prefix(tensors, "model."), strict=True)
+    if optimizer is not None and "optimizer" in meta:
+        optimizer.load_state_dict(_unflatten_optimizer(_with_prefix(tensors, "optim."), meta["optimizer"]))
+    if ema is not None:
+        ema.load_state_dict(_with_prefix(tensors, "ema."), strict=True)
+    return meta, _with_prefix(tensors, "extra.")

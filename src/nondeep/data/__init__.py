@@ -1,0 +1,136 @@
+"""Datasets and loaders: the one entry point the trainer uses is `build_loaders`.
+
+Small datasets (Fashion-MNIST, CIFAR-10/100) are held in memory and served by TensorLoader, which augments
+whole batches as tensors; an ImageFolder tree goes through torchvision and DataLoader workers. Both kinds
+of loader yield (float32 normalised images, int64 labels) on `device` and have
+`set_epoch(epoch, start_batch=0)` for deterministic shuffling and exact mid-epoch resume.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..errors import DatasetError
+from . import cifar, fashion_mnist
+from .folder import MEAN as IMAGENET_MEAN, STD as IMAGENET_STD, build_folder_loaders
+from .sampling import holdout_split
+from .tensor_loader import Augment, TensorLoader
+
+SMALL = ("fashion-mnist", "cifar10", "cifar100")
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
+            "cifar-10": "cifar10", "cifar_10": "cifar10", "cifar-100": "cifar100", "cifar_100": "cifar100"}
+# Standard light augmentation: the 28x28 images get a 2 px shift, the 32x32 ones 4 px (as in ResNet/WRN
+# papers); flip helps on Fashion-MNIST too (its classes are left/right symmetric or nearly).
+_DEFAULT_AUGMENT = {"fashion-mnist": Augment(crop_padding=2, flip=True), "cifar10": Augment(crop_padding=4),
+                    "cifar100": Augment(crop_padding=4), "folder": Augment()}
+
+__all__ = ["DataInfo", "build_loaders", "load_arrays", "default_augment", "resolve_data", "Augment",
+           "TensorLoader", "DatasetError", "SMALL"]
+
+
+@dataclass
+class DataInfo:
+    name: str
+    num_classes: int
+    in_chans: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str]
+    num_train: int
+    num_eval: int
+
+
+def resolve_data(data: str, data_dir: str | os.PathLike | None = None) -> tuple[str, Path | None]:
+    """("fashion-mnist" | "cifar10" | "cifar100", None) or ("folder", path of the ImageFolder tree)."""
+    key = str(data).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in SMALL:
+        return key, None
+    for path in (Path(data), *([Path(data_dir) / data] if data_dir else [])):
+        if path.is_dir():
+            return "folder", path
+    raise DatasetError(f"unknown dataset {data!r}: choose fashion-mnist, cifar10, cifar100, or give the path "
+                       "of an ImageFolder tree (root/train/<class>/*.jpg and root/val/<class>/*.jpg)")
+
+
+def default_augment(data: str) -> Augment:
+    """The training augmentation used when build_loaders gets augment=None."""
+    key = _ALIASES.get(str(data).lower(), str(data).lower())
+    return _DEFAULT_AUGMENT.get(key, _DEFAULT_AUGMENT["folder"])
+
+
+def _stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if name == "fashion-mnist":
+        return fashion_mnist.MEAN, fashion_mnist.STD
+    return cifar.MEAN[name], cifar.STD[name]
+
+
+def load_arrays(data: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A small dataset's split ("train" or "test") as uint8 (N, C, H, W) images, int64 labels, class names."""
+    name, _ = resolve_data(data, data_dir)
+    if name == "fashion-mnist":
+        images, labels = fashion_mnist.load_fashion_mnist(split, data_dir, download)
+        return images, labels, list(fashion_mnist.CLASSES)
+    if name in cifar.SPECS:
+        return cifar.load_cifar(name, split, data_dir)
+    raise DatasetError(f"load_arrays serves the in-memory datasets ({', '.join(SMALL)}), not the image tree "
+                       f"{data}; use build_loaders for it")
+
+
+def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 256,
+                  eval_batch_size: int | None = None, augment: Augment | None = None, val_split: float = 0.0,
+                  max_train_samples: int | None = None, device: str | torch.device = "cpu", seed: int = 0,
+                  rank: int = 0, world_size: int = 1, num_workers: int = 2, download: bool = True,
+                  image_size: int = 224) -> tuple[Iterable, Iterable, DataInfo]:
+    """(train loader, eval loader, DataInfo) for `data`.
+
+    The train loader shuffles by (seed, epoch), shards across `world_size` ranks and augments with
+    `augment` (None: `default_augment(data)`; `Augment.off()`: none). The eval loader is the test split
+    (an ImageFolder's val/), or with val_split > 0 a fixed held-out slice of train, which the train loader
+    then leaves out; it is neither shuffled nor sharded. max_train_samples keeps the first N training
+    images. image_size and num_workers apply to ImageFolder trees only; download to Fashion-MNIST only.
+    """
+    if not 0.0 <= val_split < 1.0:
+        raise DatasetError(f"val_split must be in [0, 1), got {val_split}")
+    if max_train_samples is not None and max_train_samples < 1:
+        raise DatasetError(f"max_train_samples must be at least 1, got {max_train_samples}")
+    name, path = resolve_data(data, data_dir)
+    augment = default_augment(name) if augment is None else augment
+    eval_batch_size = eval_batch_size or batch_size
+    device = torch.device(device)
+
+    if path is not None:
+        train, evaluate, classes = build_folder_loaders(
+            path, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
+            val_split=val_split, max_train_samples=max_train_samples, device=device, seed=seed, rank=rank,
+            world_size=world_size, num_workers=num_workers, image_size=image_size)
+        info = DataInfo(path.name or str(path), len(classes), 3, (image_size, image_size), IMAGENET_MEAN,
+                        IMAGENET_STD, classes, len(train.dataset), len(evaluate.dataset))
+        return train, evaluate, info
+
+    images, labels, classes = load_arrays(name, "train", data_dir, download)
+    if val_split > 0:
+        keep, held = holdout_split(len(labels), val_split)
+        eval_images, eval_labels = images[held], labels[held]
+        images, labels = images[keep], labels[keep]
+    else:
+        eval_images, eval_labels, _ = load_arrays(name, "test", data_dir, download)
+    if max_train_samples is not None:
+        images, labels = images[:max_train_samples], labels[:max_train_samples]
+    mean, std = _stats(name)
+    # drop a ragged last batch in training (a batch of one breaks BatchNorm), unless it is the only one
+    per_rank = len(labels) // world_size
+    train = TensorLoader(images, labels, batch_size, mean, std, shuffle=True, augment=augment,
+                         drop_last=per_rank >= batch_size, device=device, seed=seed, rank=rank,
+                         world_size=world_size)
+    evaluate = TensorLoader(eval_images, eval_labels, eval_batch_size, mean, std, device=device)
+    info = DataInfo(name, len(classes), images.shape[1], tuple(images.shape[2:]), mean, std, classes,
+                    len(labels), len(eval_labels))
+    return train, evaluate, info

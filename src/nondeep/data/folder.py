@@ -1,0 +1,189 @@
+"""ImageFolder trees (the ImageNet layout): root/train/<class>/*.jpg and root/val/<class>/*.jpg.
+
+Without a val/ folder, a fixed fraction of train (or of root itself, when there is no train/ either) is
+held out for evaluation. Images are decoded by DataLoader workers through torchvision's ImageFolder; the
+loader is wrapped so a bad file stops the run with its name instead of a PIL traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import datasets, transforms
+
+from ..errors import DatasetError
+from .sampling import epoch_indices, holdout_split, mix_seed, shard_size
+from .tensor_loader import Augment
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's
+CROP_PCT = 0.875  # eval: resize to size / 0.875, then centre-crop size (256 -> 224)
+DEFAULT_VAL_FRACTION = 0.1  # held out when the tree has no val/ folder and val_split is 0
+
+
+def load_image(path: str) -> Image.Image:
+    """PIL loader that names the file it cannot read (module level, so workers can pickle it)."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")  # convert() forces the decode, so errors surface here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"cannot read image {path} ({err}): delete or replace the file") from None
+
+
+def scan(root: Path) -> datasets.ImageFolder:
+    """The ImageFolder of `root` (no transform); DatasetError unless it has images in two classes or more."""
+    try:
+        folder = datasets.ImageFolder(str(root), loader=load_image)
+    except (FileNotFoundError, ValueError) as err:  # no class folders, or a class folder without images
+        raise DatasetError(f"{root} is not a usable image tree ({err}); expected {root}/<class>/<image> "
+                           "with two or more class folders holding images") from None
+    if len(folder.classes) < 2:
+        raise DatasetError(f"{root} has only one class folder ({folder.classes[0]}): a classifier needs two "
+                           "or more. Point --data-dir at the folder holding the class folders")
+    return folder
+
+
+def train_transform(image_size: int, augment: Augment) -> Callable:
+    """RandomResizedCrop (when augment crops at all) + flip, tensor, normalise, optional random erasing."""
+    if not augment.crop_padding:
+        steps: list[Any] = [transforms.Resize(math.floor(image_size / CROP_PCT)), transforms.CenterCrop(image_size)]
+    else:
+        steps = [transforms.RandomResizedCrop(image_size)]
+    if augment.flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    if augment.cutout:  # cutout as a fixed-size square random erasing, filled with 0 (the mean)
+        area = min(1.0, augment.cutout ** 2 / image_size ** 2)
+        steps.append(transforms.RandomErasing(p=1.0, scale=(area, area), ratio=(1.0, 1.0), value=0))
+    return transforms.Compose(steps)
+
+
+def eval_transform(image_size: int) -> Callable:
+    return transforms.Compose([transforms.Resize(math.floor(image_size / CROP_PCT)),
+                               transforms.CenterCrop(image_size), transforms.ToTensor(),
+                               transforms.Normalize(MEAN, STD)])
+
+
+class _Subset(Dataset):
+    """Some samples of an ImageFolder, with their own transform (train and held-out share one scan)."""
+
+    def __init__(self, folder: datasets.ImageFolder, indices: Sequence[int], transform: Callable) -> None:
+        self.samples = [folder.samples[i] for i in indices]
+        self.loader, self.transform = folder.loader, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[i]
+        return self.transform(self.loader(path)), target
+
+
+class SeededSampler(Sampler[int]):
+    """The same (seed, epoch) permutation and rank shards as TensorLoader, with a batch offset to resume."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, rank: int, world_size: int) -> None:
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _indices(self) -> torch.Tensor:
+        idx = epoch_indices(self.n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, rank=self.rank,
+                            world_size=self.world_size)
+        return idx[self.start_batch * self.batch_size:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices().tolist())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
+def _clean(err: DatasetError) -> DatasetError:
+    """A DatasetError re-raised from a worker carries the worker's traceback in its message; keep the
+    original one-line message, which the CLI prints."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return err
+    return DatasetError(text.strip().splitlines()[-1].split("DatasetError: ", 1)[-1])
+
+
+class FolderLoader:
+    """A DataLoader yielding (normalised float images, int64 labels) on `device`, with set_epoch."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool,
+                 device: torch.device, seed: int, rank: int, world_size: int, num_workers: int) -> None:
+        self.device, self.batch_size, self.drop_last = device, batch_size, drop_last
+        self.sampler = SeededSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                                     world_size=world_size)
+        self.num_samples = len(dataset) if world_size == 1 else shard_size(len(dataset), world_size)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
+                                 num_workers=num_workers, pin_memory=device.type == "cuda",
+                                 persistent_workers=num_workers > 0)
+        self.dataset = dataset
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Use epoch `epoch`'s order, starting the next pass at batch `start_batch` (exact resume)."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} is outside 0..{len(self)}")
+        self.sampler.set_epoch(epoch, start_batch)
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            for x, y in self.loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except DatasetError as err:
+            raise _clean(err) from None
+        finally:
+            self.sampler.start_batch = 0  # a resume offset applies to one pass only
+
+
+def build_folder_loaders(root: str | os.PathLike, *, batch_size: int, eval_batch_size: int,
+                         augment: Augment, val_split: float, max_train_samples: int | None,
+                         device: torch.device, seed: int, rank: int, world_size: int, num_workers: int,
+                         image_size: int) -> tuple[FolderLoader, FolderLoader, list[str]]:
+    """(train loader, eval loader, class names) for an ImageFolder tree; see the module docstring."""
+    root = Path(root)
+    train_root = root / "train" if (root / "train").is_dir() else root
+    val_root = root / "val" if (root / "val").is_dir() and train_root != root else None
+    train_tree = scan(train_root)
+    if val_root is not None and val_split == 0:
+        val_tree = scan(val_root)
+        if val_tree.classes != train_tree.classes:
+            raise DatasetError(f"{train_root} and {val_root} have different class folders; they must match")
+        keep, eval_idx = torch.arange(len(train_tree)), list(range(len(val_tree)))
+    else:  # hold out a fixed slice of train for evaluation
+        val_tree = train_tree
+        fraction = val_split or DEFAULT_VAL_FRACTION
+        keep, held = holdout_split(len(train_tree), fraction)
+        eval_idx = held.tolist()
+        if not eval_idx:
+            raise DatasetError(f"{train_root} has too few images ({len(train_tree)}) to hold out "
+                               f"{fraction:.0%} for evaluation")
+    # the tree is sorted by class, so list train in a fixed shuffled order (the same for every seed):
+    # then max_train_samples keeps a mix of classes, not the first few
+    g = torch.Generator().manual_seed(mix_seed(0x0DE7, len(keep)))
+    train_idx = keep[torch.randperm(len(keep), generator=g)].tolist()
+    if max_train_samples is not None:
+        train_idx = train_idx[:max_train_samples]
+    train_set = _Subset(train_tree, train_idx, train_transform(image_size, augment))
+    eval_set = _Subset(val_tree, eval_idx, eval_transform(image_size))
+    per_rank = len(train_set) if world_size == 1 else shard_size(len(train_set), world_size)
+    common = dict(device=device, seed=seed, num_workers=num_workers)
+    train = FolderLoader(train_set, batch_size, shuffle=True, drop_last=per_rank >= batch_size, rank=rank,
+                         world_size=world_size, **common)
+    evaluate = FolderLoader(eval_set, eval_batch_size, shuffle=False, drop_last=False, rank=0, world_size=1,
+                            **common)
+    return train, evaluate, train_tree.classes

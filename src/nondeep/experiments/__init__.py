@@ -1,0 +1,1 @@
+"""Experiments: multi-run jobs that write a table, JSON and a plot (quickstart, labs)."""

@@ -1,0 +1,57 @@
+"""The main job on the embedded default: train a depth-12 ParNet and a deep thin pre-act ResNet on
+Fashion-MNIST, then put accuracy, measured depth, size, FLOPs and fused/unfused latency side by side."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .. import measure
+from ..checkpoint import load_model
+from ..plots import plot_scatter
+from ..report import format_table, write_json, write_text
+from ..reparam import reparameterize_model
+from ..train import TrainConfig, train
+
+QUICKSTART_MODELS = ("parnet_tiny", "preact_resnet_20")
+
+
+def run_quickstart(out: str | Path | None = None, models: Sequence[str] = QUICKSTART_MODELS, epochs: int = 1,
+                   data: str = "fashion-mnist", data_dir: str | None = None, max_train_samples: int | None = None,
+                   seed: int = 0, progress: bool = True) -> tuple[list[dict[str, Any]], Path]:
+    """Train each model with the same recipe, measure it, and write quickstart.json/.md/.png under `out`.
+    Returns the table's rows and the output folder."""
+    out = Path(out or Path("runs") / f"quickstart-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    rows = []
+    for name in models:
+        cfg = TrainConfig(model=name, data=data, data_dir=data_dir, out=str(out / name), epochs=epochs, seed=seed,
+                          max_train_samples=max_train_samples, progress=progress)
+        summary = train(cfg)
+        model, _ = load_model(summary["checkpoint"])
+        fused = reparameterize_model(model)
+        input_size = (model.in_chans, 28, 28) if data == "fashion-mnist" else None
+        unfused_ms = measure.latency(model, input_size, repeats=30).median_ms
+        fused_ms = measure.latency(fused, input_size, repeats=30).median_ms
+        rows.append({
+            "model": name, "test_accuracy": summary["test_accuracy"],
+            "fused_test_accuracy": summary["fused_test_accuracy"], "depth": summary["depth"],
+            "params_m": summary["params"] / 1e6, "mflops": summary["flops"] / 1e6,
+            "latency_ms_bs1": unfused_ms, "fused_latency_ms_bs1": fused_ms, "epochs": summary["epochs"],
+            "train_seconds": summary["train_seconds"],
+        })
+    meta = {"command": "nondeep quickstart", "data": data, "epochs": epochs, "seed": seed,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "date": dt.date.today().isoformat(),
+            "recipe": {k: v for k, v in dataclasses.asdict(TrainConfig()).items()
+                       if k in ("batch_size", "lr", "schedule", "label_smoothing", "weight_decay", "crop_padding")}}
+    write_json(out / "quickstart.json", {"meta": meta, "rows": rows})
+    table = format_table(rows)
+    write_text(out / "quickstart.md", f"# nondeep quickstart ({meta['date']}, torch {meta['torch']}, "
+                                      f"{meta['threads']} threads)\n\n{table}\n")
+    plot_scatter(rows, "fused_latency_ms_bs1", "test_accuracy", out / "quickstart.png",
+                 title=f"{data}: accuracy vs fused batch-1 latency", xlabel="fused batch-1 latency (ms)",
+                 ylabel="test accuracy (%)")
+    return rows, out

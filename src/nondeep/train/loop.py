@@ -1,0 +1,274 @@
+"""One readable training loop: data, model, optimizer, then epochs of steps with evaluation, checkpoints and
+metrics; finally the fused (reparameterised) model is evaluated too. Runs under torchrun as DDP."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import io
+import os
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from .. import measure
+from ..checkpoint import load_training_state, save_checkpoint
+from ..data import Augment, DataInfo, build_loaders
+from ..errors import NondeepError
+from ..models import create_model
+from ..report import write_json, write_text
+from ..reparam import reparameterize_model
+from .config import TrainConfig
+from .evaluate import evaluate
+from .optim import build_optimizer, lr_at
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5", "lr",
+                  "epoch_seconds", "train_images_per_sec"]
+
+
+class TrainingDiverged(NondeepError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NondeepError(f"device {name!r} asked for but CUDA is not available: use --device cpu")
+    return torch.device(name)
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM ask the loop to checkpoint at the next step boundary and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    data = Path(cfg.data).name if os.path.sep in cfg.data else cfg.data
+    return Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{cfg.model}-{data}"
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data`; returns the summary also written to <out>/summary.json."""
+    cfg.validate()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(cfg.device)
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    is_main = rank == 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    last_path, best_path = out / "last.safetensors", out / "best.safetensors"
+    if not resume and last_path.exists():
+        raise NondeepError(f"{out} already holds a training run: pass --resume to continue it, or choose "
+                           f"another --out (nothing was overwritten)")
+    if resume and not last_path.exists():
+        raise NondeepError(f"--resume: no checkpoint at {last_path}; start without --resume or fix --out")
+
+    # Data
+    augment = Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout)
+    train_loader, eval_loader, info = build_loaders(
+        cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+        augment=augment, val_split=cfg.val_split, max_train_samples=cfg.max_train_samples, device=device,
+        seed=cfg.seed, rank=rank, world_size=world_size, num_workers=cfg.num_workers)
+
+    # Model, optimizer, EMA
+    model_kwargs = {"num_classes": info.num_classes, "in_chans": info.in_chans, **cfg.model_kwargs}
+    model = create_model(cfg.model, **model_kwargs).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = build_optimizer(model, cfg)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay > 0 else None)
+    steps_per_epoch = len(train_loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    step, start_epoch, start_batch, history, best_top1 = 0, 0, 0, [], -1.0
+    partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+    nan_steps = 0
+    if resume:
+        meta, extra = load_training_state(last_path, model, optimizer, ema)
+        step, start_epoch, start_batch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        history, best_top1, nan_steps = meta["history"], meta["best_top1"], meta.get("nan_steps", 0)
+        partial = meta["partial_epoch"]
+        if "torch_rng" in extra:
+            torch.set_rng_state(extra["torch_rng"])
+    train_model: nn.Module = model
+    if world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda" else nullcontext())
+
+    def meta_for_checkpoint(epoch: int, batch_in_epoch: int, epoch_partial: dict[str, float]) -> dict[str, Any]:
+        return {"model": cfg.model, "model_kwargs": model_kwargs, "data": dataclasses.asdict(info), "config": cfg.to_dict(),
+                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "history": history,
+                "best_top1": best_top1, "partial_epoch": epoch_partial, "nan_steps": nan_steps,
+                "saved_at": dt.datetime.now().isoformat(timespec="seconds")}
+
+    def save(path: Path, epoch: int, batch_in_epoch: int, epoch_partial: dict[str, float]) -> None:
+        if is_main:
+            save_checkpoint(path, model, meta_for_checkpoint(epoch, batch_in_epoch, epoch_partial), optimizer, ema,
+                            extra_tensors={"torch_rng": torch.get_rng_state()})
+
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    train_start = time.perf_counter() - sum(row["epoch_seconds"] for row in history)
+    last_save = time.monotonic()
+    stopped_by = None
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            train_loader.set_epoch(epoch, start_batch)
+            train_model.train()
+            epoch_start = time.perf_counter() - partial["seconds"]
+            bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not (cfg.progress and is_main), leave=False, dynamic_ncols=True)
+            for batch_in_epoch, (x, y) in enumerate(train_loader, start=start_batch):
+                lr = lr_at(step, total_steps, steps_per_epoch, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = x.contiguous(memory_format=memory_format)
+                with autocast:
+                    logits = train_model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    if cfg.on_nan == "stop":
+                        raise TrainingDiverged(
+                            f"loss is {loss.item()} at step {step} (epoch {epoch + 1}, lr {lr:.4g}); last good "
+                            f"checkpoint: {last_path if last_path.exists() else 'none'}; lower --lr, add "
+                            f"--grad-clip, or pass --on-nan skip")
+                    nan_steps += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                step += 1
+                partial["loss_sum"] += loss.item() * y.numel()
+                partial["correct"] += (logits.argmax(1) == y).sum().item()
+                partial["seen"] += y.numel()
+                elapsed = time.perf_counter() - epoch_start
+                bar.update(1)
+                bar.set_postfix(loss=f"{partial['loss_sum'] / partial['seen']:.3f}",
+                                acc=f"{100 * partial['correct'] / partial['seen']:.1f}",
+                                img_s=f"{partial['seen'] * world_size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.3g}")
+                due = ((cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or
+                       (cfg.checkpoint_every_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes))
+                if (due or stop.signal) and batch_in_epoch + 1 < steps_per_epoch:
+                    save(last_path, epoch, batch_in_epoch + 1, dict(partial, seconds=elapsed))
+                    last_save = time.monotonic()
+                if stop.signal:
+                    stopped_by = signal.Signals(stop.signal).name
+                    break
+            bar.close()
+            if stopped_by and batch_in_epoch + 1 < steps_per_epoch:
+                break
+            start_batch = 0
+            epoch_seconds = time.perf_counter() - epoch_start
+            eval_model = ema.module if ema is not None else model
+            metrics = evaluate(eval_model, eval_loader, device, cfg.channels_last) if is_main else {}
+            row = {"epoch": epoch + 1, "train_loss": partial["loss_sum"] / max(1, partial["seen"]),
+                   "train_top1": 100.0 * partial["correct"] / max(1, partial["seen"]), **metrics, "lr": lr,
+                   "epoch_seconds": epoch_seconds,
+                   "train_images_per_sec": partial["seen"] * world_size / max(epoch_seconds, 1e-9)}
+            history.append(row)
+            partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            if is_main:
+                _write_metrics(out / "metrics.csv", history)
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, eval top-1 "
+                      f"{row.get('eval_top1', float('nan')):.2f}%, {row['train_images_per_sec']:.0f} img/s", flush=True)
+                if row["eval_top1"] > best_top1:
+                    best_top1 = row["eval_top1"]
+                    save(best_path, epoch + 1, 0, partial)
+                save(last_path, epoch + 1, 0, partial)
+                last_save = time.monotonic()
+            if stopped_by:
+                break
+    if world_size > 1:
+        dist.barrier()
+    summary = _finish(cfg, out, model, ema, eval_loader, info, device, history, train_start, stopped_by, nan_steps) \
+        if is_main else {}
+    if world_size > 1:
+        dist.barrier()
+    return summary
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(path, buffer.getvalue())
+
+
+def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None, eval_loader: Iterable,
+            info: DataInfo, device: torch.device, history: list[dict[str, Any]], train_start: float,
+            stopped_by: str | None, nan_steps: int) -> dict[str, Any]:
+    """Evaluate the final model and its fused form; write summary.json and the training curves."""
+    final = ema.module if ema is not None else model
+    metrics = evaluate(final, eval_loader, device)
+    fused = reparameterize_model(final)
+    fused_metrics = evaluate(fused, eval_loader, device)
+    input_size = (info.in_chans, *info.image_size)
+    summary = {
+        "model": cfg.model, "data": info.name, "eval_split": "val" if cfg.val_split > 0 else "test",
+        "epochs": len(history), "epochs_planned": cfg.epochs, "stopped_by": stopped_by,
+        "test_accuracy": metrics["eval_top1"], "fused_test_accuracy": fused_metrics["eval_top1"],
+        "test_top5": metrics["eval_top5"], "best_test_accuracy": max((r["eval_top1"] for r in history), default=None),
+        "params": measure.count_params(final), "fused_params": measure.count_params(fused),
+        "depth": measure.depth(model, input_size), "flops": measure.count_flops(fused.cpu(), input_size),
+        "train_seconds": time.perf_counter() - train_start, "nan_steps_skipped": nan_steps,
+        "device": str(device), "torch": torch.__version__, "date": dt.date.today().isoformat(),
+        "checkpoint": str(out / "last.safetensors"), "out": str(out),
+    }
+    write_json(out / "summary.json", summary)
+    if history:
+        from ..plots import plot_training_curves
+        plot_training_curves(history, out / "curves.png", title=f"{cfg.model} on {info.name}")
+    return summary

@@ -1,0 +1,45 @@
+"""Optimizer and learning-rate schedule. The schedule is a pure function of the step, so resuming needs
+nothing but the step number."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """No weight decay on BN parameters and biases (1-d tensors): decaying them only hurts small nets."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Learning rate for `step` (0-based) of `total_steps`.
+
+    onecycle: linear rise from lr/10 to lr over the first 20% of steps, then linear decay to 0 (airbench's
+    triangle); cosine: warm-up, then cosine to 0; step: warm-up, then x step_gamma at each milestone
+    (fractions of training: the WRN recipe is 0.3/0.6/0.8 with gamma 0.2); constant: warm-up, then lr.
+    """
+    progress = step / max(1, total_steps)
+    if cfg.schedule == "onecycle":
+        peak = 0.2
+        if progress < peak:
+            return cfg.lr * (0.1 + 0.9 * progress / peak)
+        return cfg.lr * max(0.0, (1 - progress) / (1 - peak))
+    warmup_steps = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return cfg.lr * (step + 1) / warmup_steps
+    if cfg.schedule == "cosine":
+        after = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, after)))
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** sum(progress >= m for m in cfg.step_milestones)
+    return cfg.lr
