@@ -88,7 +88,7 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
                   eval_batch_size: int | None = None, augment: Augment | None = None, val_split: float = 0.0,
                   max_train_samples: int | None = None, device: str | torch.device = "cpu", seed: int = 0,
                   rank: int = 0, world_size: int = 1, num_workers: int = 2, download: bool = True,
-                  image_size: int = 224) -> tuple[Iterable, Iterable, DataInfo]:
+                  image_size: int = 224, with_indices: bool = False) -> tuple[Iterable, Iterable, DataInfo]:
     """(train loader, eval loader, DataInfo) for `data`.
 
     The train loader shuffles by (seed, epoch), shards across `world_size` ranks and augments with
@@ -96,6 +96,7 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
     (an ImageFolder's val/), or with val_split > 0 a fixed held-out slice of train, which the train loader
     then leaves out; it is neither shuffled nor sharded. max_train_samples keeps the first N training
     images. image_size and num_workers apply to ImageFolder trees only; download to Fashion-MNIST only.
+    with_indices: the train loader also yields each sample's index in the (kept) training set.
     """
     if not 0.0 <= val_split < 1.0:
         raise DatasetError(f"val_split must be in [0, 1), got {val_split}")
@@ -107,6 +108,9 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
     device = torch.device(device)
 
     if path is not None:
+        if with_indices:
+            raise DatasetError("with_indices (cached teacher logits) needs an in-memory dataset "
+                               f"({', '.join(SMALL)}); for an image tree run the teacher online")
         train, evaluate, classes = build_folder_loaders(
             path, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
             val_split=val_split, max_train_samples=max_train_samples, device=device, seed=seed, rank=rank,
@@ -129,7 +133,7 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
     per_rank = len(labels) // world_size
     train = TensorLoader(images, labels, batch_size, mean, std, shuffle=True, augment=augment,
                          drop_last=per_rank >= batch_size, device=device, seed=seed, rank=rank,
-                         world_size=world_size)
+                         world_size=world_size, with_indices=with_indices)
     evaluate = TensorLoader(eval_images, eval_labels, eval_batch_size, mean, std, device=device)
     info = DataInfo(name, len(classes), images.shape[1], tuple(images.shape[2:]), mean, std, classes,
                     len(labels), len(eval_labels))

@@ -89,7 +89,7 @@ class TensorLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], shuffle: bool = False, augment: Augment | None = None,
                  drop_last: bool = False, device: str | torch.device = "cpu", seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, with_indices: bool = False) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
@@ -105,6 +105,7 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.with_indices = with_indices  # also yield each sample's dataset index (cached teacher logits)
         # normalise straight from the 0..255 scale: (x - 255 mean) / (255 std)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
         self._inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255)
@@ -126,7 +127,7 @@ class TensorLoader:
             raise ValueError(f"start_batch {start_batch} is outside 0..{len(self)}")
         self.epoch, self._start_batch = epoch, start_batch
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = epoch_indices(self.images.shape[0], seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
                               rank=self.rank, world_size=self.world_size).to(self.device)
         start, self._start_batch = self._start_batch, 0  # a resume offset applies to one pass only

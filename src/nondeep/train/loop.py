@@ -12,7 +12,7 @@ import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -77,8 +77,17 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{cfg.model}-{data}"
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train `cfg.model` on `cfg.data`; returns the summary also written to <out>/summary.json."""
+LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
+
+
+def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
+          run_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data`; returns the summary also written to <out>/summary.json.
+
+    loss_fn(logits, labels, sample_indices, images) replaces the label cross-entropy (distillation); when it
+    has `needs_indices = True` the loader also yields each sample's training-set index. run_meta (JSON-able)
+    is stored in the checkpoints and the summary.
+    """
     cfg.validate()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -111,7 +120,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     train_loader, eval_loader, info = build_loaders(
         cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
         augment=augment, val_split=cfg.val_split, max_train_samples=cfg.max_train_samples, device=device,
-        seed=cfg.seed, rank=rank, world_size=world_size, num_workers=cfg.num_workers)
+        seed=cfg.seed, rank=rank, world_size=world_size, num_workers=cfg.num_workers,
+        with_indices=getattr(loss_fn, "needs_indices", False))
 
     # Model, optimizer, EMA
     model_kwargs = {"num_classes": info.num_classes, "in_chans": info.in_chans, **cfg.model_kwargs}
@@ -144,6 +154,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         return {"model": cfg.model, "model_kwargs": model_kwargs, "data": dataclasses.asdict(info), "config": cfg.to_dict(),
                 "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "history": history,
                 "best_top1": best_top1, "partial_epoch": epoch_partial, "nan_steps": nan_steps,
+                "run_meta": run_meta or {},
                 "saved_at": dt.datetime.now().isoformat(timespec="seconds")}
 
     def save(path: Path, epoch: int, batch_in_epoch: int, epoch_partial: dict[str, float]) -> None:
@@ -164,14 +175,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             epoch_start = time.perf_counter() - partial["seconds"]
             bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (cfg.progress and is_main), leave=False, dynamic_ncols=True)
-            for batch_in_epoch, (x, y) in enumerate(train_loader, start=start_batch):
+            for batch_in_epoch, (x, y, *indices) in enumerate(train_loader, start=start_batch):
                 lr = lr_at(step, total_steps, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = x.contiguous(memory_format=memory_format)
                 with autocast:
                     logits = train_model(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                    loss = (loss_fn(logits.float(), y, indices[0] if indices else None, x) if loss_fn else
+                            F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing))
                 if not torch.isfinite(loss):
                     if cfg.on_nan == "stop":
                         raise TrainingDiverged(
@@ -232,8 +244,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 break
     if world_size > 1:
         dist.barrier()
-    summary = _finish(cfg, out, model, ema, eval_loader, info, device, history, train_start, stopped_by, nan_steps) \
-        if is_main else {}
+    summary = _finish(cfg, out, model, ema, eval_loader, info, device, history, train_start, stopped_by, nan_steps,
+                      run_meta) if is_main else {}
     if world_size > 1:
         dist.barrier()
     return summary
@@ -249,7 +261,7 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None, eval_loader: Iterable,
             info: DataInfo, device: torch.device, history: list[dict[str, Any]], train_start: float,
-            stopped_by: str | None, nan_steps: int) -> dict[str, Any]:
+            stopped_by: str | None, nan_steps: int, run_meta: dict[str, Any] | None) -> dict[str, Any]:
     """Evaluate the final model and its fused form; write summary.json and the training curves."""
     final = ema.module if ema is not None else model
     metrics = evaluate(final, eval_loader, device)
@@ -265,7 +277,7 @@ def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None
         "depth": measure.depth(model, input_size), "flops": measure.count_flops(fused.cpu(), input_size),
         "train_seconds": time.perf_counter() - train_start, "nan_steps_skipped": nan_steps,
         "device": str(device), "torch": torch.__version__, "date": dt.date.today().isoformat(),
-        "checkpoint": str(out / "last.safetensors"), "out": str(out),
+        "checkpoint": str(out / "last.safetensors"), "out": str(out), **(run_meta or {}),
     }
     write_json(out / "summary.json", summary)
     if history:
