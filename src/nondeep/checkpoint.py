@@ -76,12 +76,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
     for k, v in (extra_tensors or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
     meta["sha256"] = _digest(tensors)
-    payload = st_save(tensors, metadata={"nondeep": json.dumps(meta)})
-    try:
-        atomic_write_bytes(path, payload)
-    except OSError as err:
-        raise CheckpointError(f"could not write checkpoint {path} ({err.strerror}); the previous file, if any, "
-                              f"is intact: free space or choose another --out") from err
+    atomic_write_bytes(path, st_save(tensors, metadata={"nondeep": json.dumps(meta)}))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

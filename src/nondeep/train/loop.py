@@ -27,7 +27,7 @@ from ..checkpoint import load_training_state, save_checkpoint
 from ..data import Augment, DataInfo, build_loaders
 from ..errors import NondeepError
 from ..models import create_model
-from ..report import write_json, write_text
+from ..report import remove_stale_temp_files, write_json, write_text
 from ..reparam import reparameterize_model
 from .config import TrainConfig
 from .evaluate import evaluate
@@ -78,15 +78,18 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
+# (device, rank, world_size) -> (train loader, eval loader, DataInfo): a caller-built data set (distillation)
+LoaderFactory = Callable[[torch.device, int, int], "tuple[Iterable, Iterable, DataInfo]"]
 
 
 def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
-          run_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+          run_meta: dict[str, Any] | None = None, loaders: LoaderFactory | None = None) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`; returns the summary also written to <out>/summary.json.
 
     loss_fn(logits, labels, sample_indices, images) replaces the label cross-entropy (distillation); when it
     has `needs_indices = True` the loader also yields each sample's training-set index. run_meta (JSON-able)
-    is stored in the checkpoints and the summary.
+    is stored in the checkpoints and the summary. loaders(device, rank, world_size), when given, replaces
+    build_loaders (distillation's fixed transfer set); cfg's data and augmentation fields are then unused here.
     """
     cfg.validate()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -116,12 +119,15 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
         raise NondeepError(f"--resume: no checkpoint at {last_path}; start without --resume or fix --out")
 
     # Data
-    augment = Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout)
-    train_loader, eval_loader, info = build_loaders(
-        cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-        augment=augment, val_split=cfg.val_split, max_train_samples=cfg.max_train_samples, device=device,
-        seed=cfg.seed, rank=rank, world_size=world_size, num_workers=cfg.num_workers,
-        with_indices=getattr(loss_fn, "needs_indices", False))
+    if loaders is not None:
+        train_loader, eval_loader, info = loaders(device, rank, world_size)
+    else:
+        augment = Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout)
+        train_loader, eval_loader, info = build_loaders(
+            cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+            augment=augment, val_split=cfg.val_split, max_train_samples=cfg.max_train_samples, device=device,
+            seed=cfg.seed, rank=rank, world_size=world_size, num_workers=cfg.num_workers,
+            with_indices=getattr(loss_fn, "needs_indices", False))
 
     # Model, optimizer, EMA
     model_kwargs = {"num_classes": info.num_classes, "in_chans": info.in_chans, **cfg.model_kwargs}
@@ -164,6 +170,7 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out)  # half-written files of a killed run; the finished ones are untouched
         write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     train_start = time.perf_counter() - sum(row["epoch_seconds"] for row in history)
     last_save = time.monotonic()
