@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-LABS: list[str] = []
+LABS: list[str] = ["mimic"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -135,7 +135,8 @@ class TensorLoader:
         for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = flat.index_select(0, idx).view(-1, *self.images.shape[1:])
-            yield self._batch(x, i), self.labels.index_select(0, idx)
+            batch = (self._batch(x, i), self.labels.index_select(0, idx))
+            yield (*batch, idx) if self.with_indices else batch
 
     def _batch(self, x: torch.Tensor, i: int) -> torch.Tensor:
         aug = self.augment

@@ -4,6 +4,14 @@ Builders are plain functions `name(**kwargs) -> nn.Module`. Each carries a defau
 normalisation, classifier name) that `create_model` attaches to the model as `model.pretrained_cfg`, so the
 data pipeline reads it and the user never repeats it. Parameterised families (any `wrn_<n>_<k>`) register a
 name pattern as well as their common names.
+
+Other people's models go through the same call: `create_model("torchvision:resnet50", num_classes=10)` builds
+`torchvision.models.get_model(...)` and `create_model("timm:NAME", ...)` builds `timm.create_model(...)` (timm
+is optional), each with a config, so `nondeep info`, `nondeep.measure` and `nondeep export` take them too.
+`list_models` lists nondeep's own names only; `is_model` understands the prefixes.
+
+`create_model(name, features_only=True, out_indices=(...))` returns a `FeatureExtractor` (models/features.py)
+whose forward gives the list of feature maps.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..errors import UnknownModelError
+from ..errors import NondeepError, UnknownModelError
 
 Builder = Callable[..., nn.Module]
 
@@ -68,7 +76,107 @@ def list_models(filter: str = "") -> list[str]:
     return [n for n in names if fnmatch.fnmatch(n, filter)] if filter else names
 
 
+# ---- other libraries' models: "torchvision:NAME" and "timm:NAME" --------------------------------------------
+
+EXTERNAL_PREFIXES = ("torchvision:", "timm:")
+
+
+def _first_and_last(model: nn.Module) -> tuple[str | None, str | None]:
+    """Names of the first conv and the last linear layer: the config's `first_conv` and `classifier`."""
+    first = next((n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return first, (linears[-1] if linears else None)
+
+
+def _torchvision_cfg(name: str, model: nn.Module | None = None) -> dict[str, Any]:
+    """ImageNet config; the eval crop and resize of torchvision's default weights where they are recorded
+    (their metadata is local: nothing is downloaded), unless the model fixes its own `image_size` (ViT)."""
+    cfg = default_cfg()
+    try:
+        import torchvision.models as tvm
+
+        keywords = getattr(tvm.get_model_weights(name).DEFAULT.transforms, "keywords", {})
+    except Exception:  # models without weights or transforms of another kind: the ImageNet default
+        keywords = {}
+    crop = keywords.get("crop_size")
+    if isinstance(crop, (list, tuple)):
+        crop = crop[0]
+    size = getattr(model, "image_size", None) if model is not None else None
+    if isinstance(size, int):
+        crop = size
+    if isinstance(crop, int):
+        cfg["input_size"] = (3, crop, crop)
+        resize = keywords.get("resize_size")
+        resize = resize[0] if isinstance(resize, (list, tuple)) else resize
+        if isinstance(resize, int) and resize >= crop:
+            cfg["crop_pct"] = round(crop / resize, 4)
+    interpolation = keywords.get("interpolation")
+    if interpolation is not None:
+        cfg["interpolation"] = getattr(interpolation, "value", str(interpolation))
+    return cfg
+
+
+def _build_torchvision(name: str, pretrained: bool = False, in_chans: int | None = None,
+                       input_size: Any = None, **kwargs: Any) -> nn.Module:
+    import torchvision.models as tvm
+
+    if in_chans not in (None, 3):
+        raise NondeepError(f"torchvision:{name} takes 3-channel images only (got in_chans={in_chans}); use a "
+                           "nondeep or timm: model for other channel counts")
+    try:
+        # weights=None builds offline; pretrained=True asks torchvision for its default weights (a download).
+        model = tvm.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+    except TypeError as err:
+        raise NondeepError(f"torchvision:{name} does not take {sorted(kwargs)}: {err}") from err
+    cfg = _torchvision_cfg(name, model)
+    cfg["first_conv"], cfg["classifier"] = _first_and_last(model)
+    cfg["num_classes"] = kwargs.get("num_classes", 1000)
+    model.pretrained_cfg = cfg
+    return model
+
+
+def _import_timm(name: str) -> Any:
+    try:
+        import timm
+    except ImportError as err:
+        raise NondeepError(f"timm:{name} needs timm, which is not installed: pip install timm") from err
+    return timm
+
+
+def _build_timm(name: str, pretrained: bool = False, input_size: Any = None, **kwargs: Any) -> nn.Module:
+    model = _import_timm(name).create_model(name, pretrained=pretrained, **kwargs)
+    cfg = default_cfg()
+    theirs = getattr(model, "pretrained_cfg", None) or {}
+    cfg.update({k: theirs[k] for k in cfg if theirs.get(k) is not None})
+    cfg["num_classes"] = getattr(model, "num_classes", cfg["num_classes"])
+    cfg["input_size"] = tuple(cfg["input_size"])
+    model.pretrained_cfg = cfg
+    return model
+
+
+def _resolve_external(name: str) -> tuple[Builder, dict[str, Any], dict[str, Any]]:
+    prefix, _, bare = name.partition(":")
+    if prefix == "torchvision":
+        import torchvision.models as tvm
+
+        known = tvm.list_models()
+        if bare not in known:
+            close = difflib.get_close_matches(bare, known, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join('torchvision:' + c for c in close)}?" if close else ""
+            raise UnknownModelError(f"unknown torchvision model {bare!r}{hint} (torchvision.models.list_models() "
+                                    "lists them)")
+        return _build_torchvision, {"name": bare}, _torchvision_cfg(bare)
+    timm = _import_timm(bare)
+    if not timm.is_model(bare):
+        close = difflib.get_close_matches(bare, timm.list_models(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise UnknownModelError(f"unknown timm model {bare!r}{hint} (timm.list_models() lists them)")
+    return _build_timm, {"name": bare}, default_cfg()
+
+
 def _resolve(name: str) -> tuple[Builder, dict[str, Any], dict[str, Any]]:
+    if name.startswith(EXTERNAL_PREFIXES):
+        return _resolve_external(name)
     if name in _builders:
         return _builders[name], {}, _default_cfgs[name]
     for pattern, resolve, cfg in _patterns:
@@ -82,9 +190,11 @@ def _resolve(name: str) -> tuple[Builder, dict[str, Any], dict[str, Any]]:
 
 
 def is_model(name: str) -> bool:
+    """True for a registered name or pattern, and for "torchvision:NAME" / "timm:NAME" that the library has
+    (False for timm: names when timm is not installed)."""
     try:
         _resolve(name)
-    except UnknownModelError:
+    except (UnknownModelError, NondeepError):
         return False
     return True
 
@@ -93,14 +203,32 @@ def get_default_cfg(name: str) -> dict[str, Any]:
     return dict(_resolve(name)[2])
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Build a registered model. Keyword arguments passed as None are dropped (timm's habit), so one call
-    works across families that lack an option. `in_chans` and `num_classes` update the attached config."""
-    if pretrained:
+def create_model(name: str, pretrained: bool = False, features_only: bool = False,
+                 out_indices: int | tuple[int, ...] | list[int] | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model, or "torchvision:NAME" / "timm:NAME". Keyword arguments passed as None are
+    dropped (timm's habit), so one call works across families that lack an option. `in_chans` and
+    `num_classes` update the attached config.
+
+    `features_only=True` returns a `FeatureExtractor` whose forward gives the list of maps of the levels in
+    `out_indices` (default all; see the model's `feature_info`), with `out_channels` for an FPN. For timm:
+    models both go to timm, which extracts features itself.
+    """
+    external = name.startswith(EXTERNAL_PREFIXES)
+    if pretrained and not external:
         raise ValueError("nondeep ships no pretrained weights: train one with `nondeep train` and load it "
-                         "with nondeep.train.load_checkpoint")
+                         "with nondeep.checkpoint.load_model")
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices selects feature levels: pass features_only=True as well")
     builder, pattern_kwargs, cfg = _resolve(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if external:
+        pattern_kwargs = dict(pattern_kwargs, pretrained=pretrained)
+        if features_only and name.startswith("timm:"):
+            pattern_kwargs.update(features_only=True, **({} if out_indices is None else {"out_indices": out_indices}))
+            features_only = False
+        elif features_only:
+            raise NondeepError(f"features_only is not available for {name}: use "
+                               "torchvision.models.feature_extraction.create_feature_extractor on it")
     model = builder(**pattern_kwargs, **kwargs)
     # A builder whose arguments change the input (e.g. small_image=True) attaches its own config.
     cfg = dict(getattr(model, "pretrained_cfg", None) or cfg, architecture=name)
@@ -115,4 +243,9 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
     if "num_classes" in kwargs:
         cfg["num_classes"] = kwargs["num_classes"]
     model.pretrained_cfg = cfg
+    if features_only:
+        from .features import FeatureExtractor
+
+        model = FeatureExtractor(model, out_indices)
+        model.pretrained_cfg = cfg
     return model

@@ -10,6 +10,16 @@ resolution (stride 1), one RepVGG-SSE block is added at depth 3, each stream los
 the last wide downsampling block becomes a narrower 1x1 conv-BN-SiLU. Both forms measure depth 12.
 
 `num_streams`, `width_multiplier` and `block_type` make the paper's ablations builder calls.
+
+Multi-scale features (`feature_info`, `forward_intermediates`, `create_model(..., features_only=True)`): one
+level per stream but the last, the fused map, and the head conv. With 3 streams:
+    0: stream 1's output ("streams.0", p1)    reduction 4 (ImageNet form) / 1 (small-image form)
+    1: stream 2's output ("streams.1", p2)              8 / 2
+    2: the last fusion's output ("fusions.1", p3: all streams merged)   16 / 4
+    3: the head conv ("head_conv", head width)         32 / 4
+The levels at 1/4 and 1/8 are the streams' outputs rather than the stem's: the stem's maps are 2 (resp. 3)
+layers deep, the streams' 6 (resp. 8), and they are what the network itself fuses. No map at 1/8 has been
+through a fusion: the first fusion already downsamples to 1/16.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from torch import nn
 from . import _helpers
 from ._registry import CIFAR_CFG, default_cfg, register_model
 from .blocks import BlockType, ConvBNAct, FusionBlock, RepVGGBlock
+from .features import feature_take_indices
 
 
 class ParNet(nn.Module):
@@ -38,6 +49,7 @@ class ParNet(nn.Module):
                              f"for {num_streams} streams")
         *stream_widths, head_width = widths
         self.name, self.in_chans, self.num_classes = name, in_chans, num_classes
+        self.num_streams = num_streams
         self.small_image, self.block_type = small_image, block_type
         self.num_features = head_width
         stem_stride = 1 if small_image else 2
@@ -66,6 +78,16 @@ class ParNet(nn.Module):
         self.head_conv = ConvBNAct(last_width, head_width, 1) if small_image else block(last_width, head_width, 2)
         self.drop_rate = drop_rate
         self.fc: nn.Module = nn.Linear(head_width, num_classes) if num_classes > 0 else nn.Identity()
+        # Levels for features_only (see the module doc): streams but the last, the fused map, the head conv.
+        stem_reduction = stem_stride ** 2
+        self.feature_info: list[dict[str, Any]] = [
+            dict(num_chs=w, reduction=stem_reduction * 2 ** i, module=f"streams.{i}")
+            for i, w in enumerate(stream_widths[:-1])]
+        fused_reduction = stem_reduction * 2 ** (num_streams - 1)
+        self.feature_info.append(dict(num_chs=last_width, reduction=fused_reduction,
+                                      module=f"fusions.{len(self.fusions) - 1}" if len(self.fusions) else "streams.0"))
+        self.feature_info.append(dict(num_chs=head_width, reduction=fused_reduction * (1 if small_image else 2),
+                                      module="head_conv"))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -84,18 +106,60 @@ class ParNet(nn.Module):
             inputs.append(down(inputs[-1]))
         return inputs
 
-    def fuse_streams(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Merge the streams' outputs through the fusion blocks, then the head conv (the unpooled features)."""
+    def merge_streams(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Merge the streams' outputs through the fusion blocks: the map at the last stream's resolution."""
         fused = outputs[0]
         if self.first_stream_down is not None:
             fused = self.first_stream_down(fused)
         for fusion, stream_out in zip(self.fusions, outputs[1:]):
             fused = fusion(stream_out, fused)
-        return self.head_conv(fused)
+        return fused
+
+    def fuse_streams(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Merge the streams' outputs through the fusion blocks, then the head conv (the unpooled features)."""
+        return self.head_conv(self.merge_streams(outputs))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         inputs = self.stream_inputs(x)
         return self.fuse_streams([stream(inp) for stream, inp in zip(self.streams, inputs)])
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
+                              stop_early: bool = False, intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The maps of the `feature_info` levels in `indices` (default all; an int n: the last n), and unless
+        `intermediates_only` the final unpooled map first, as `(final, intermediates)`. `stop_early` skips
+        what comes after the last requested level (the final map is then the last one computed)."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        last = self.num_streams - 1  # the fused level; the head is last + 1
+        inputs = self.stream_inputs(x)
+        outs = []
+        for i, (stream, inp) in enumerate(zip(self.streams, inputs)):
+            if stop_early and i > max_index:
+                break
+            outs.append(stream(inp))
+        levels = outs[:last]
+        if not (stop_early and max_index < last):
+            levels.append(self.merge_streams(outs))
+            if not (stop_early and max_index <= last):
+                levels.append(self.head_conv(levels[-1]))
+        intermediates = [levels[i] for i in take]
+        return intermediates if intermediates_only else (levels[-1], intermediates)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = None) -> list[int]:
+        """Keep only what the levels in `indices` need: the classifier always goes, the head conv unless its
+        level is asked for, and the later streams and fusions when only early streams are. The pruned model
+        serves `forward_intermediates(..., stop_early=True)` only; `feature_info` keeps its indices."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        last = self.num_streams - 1
+        self.reset_classifier(0)
+        if max_index <= last:
+            self.head_conv = nn.Identity()
+        if max_index < last:
+            self.streams = self.streams[: max_index + 1]
+            self.downsamples = self.downsamples[:max_index]
+            self.fusions = nn.ModuleList()
+            self.first_stream_down = None
+        return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -5,18 +5,23 @@ WRN-n-k: a 3x3 stem conv (16 channels), three groups of N blocks at widths 16k, 
 a final BN-ReLU, global average pool and a linear classifier. The WRN paper names a basic-block net by
 n = 6N + 4, counting the three 1x1 shortcut convs; they sit in parallel with the blocks, so the longest
 conv/linear path (nondeep.measure.depth) is n - 2. Bottleneck nets follow He et al.: n = 9N + 2.
+
+Multi-scale features (`feature_info`, `forward_intermediates`, `create_model(..., features_only=True)`): the
+three groups' outputs, at reductions 1, 2 and 4 ("layer1", "layer2", and "act": the last group after the
+final BN-ReLU; the first two are pre-activation sums, as the next block expects them).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
 from . import _helpers
 from ._registry import CIFAR_CFG, register_model, register_model_pattern
+from .features import feature_take_indices
 
 BlockName = Literal["basic", "bottleneck"]
 DepthRule = Literal["wrn", "resnet"]
@@ -140,6 +145,11 @@ class WideResNet(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.num_features = in_chs
         self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        exp = block_cls.expansion
+        self.feature_info: list[dict[str, Any]] = [
+            dict(num_chs=16 * widen_factor * exp, reduction=1, module="layer1"),
+            dict(num_chs=32 * widen_factor * exp, reduction=2, module="layer2"),
+            dict(num_chs=64 * widen_factor * exp, reduction=4, module="act")]
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -158,6 +168,36 @@ class WideResNet(nn.Module):
         x = self.conv1(_helpers.check_input(x, self.name, self.in_chans, divisor=4))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.act(self.bn(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
+                              stop_early: bool = False, intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The maps of the `feature_info` levels in `indices` (default all; an int n: the last n), and unless
+        `intermediates_only` the final unpooled map first, as `(final, intermediates)`. `stop_early` skips
+        the groups after the last requested level (the final map is then the last one computed)."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        x = self.conv1(_helpers.check_input(x, self.name, self.in_chans, divisor=4))
+        levels = []
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3)):
+            x = layer(x)
+            if i == 2:
+                x = self.act(self.bn(x))
+            levels.append(x)
+            if stop_early and i >= max_index:
+                break
+        intermediates = [levels[i] for i in take]
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = None) -> list[int]:
+        """Drop the classifier and the groups after the last level in `indices`; the pruned model serves
+        `forward_intermediates(..., stop_early=True)` only. `feature_info` keeps its indices."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        self.reset_classifier(0)
+        if max_index < 2:
+            self.layer3, self.bn, self.act = nn.Identity(), nn.Identity(), nn.Identity()
+        if max_index < 1:
+            self.layer2 = nn.Identity()
+        return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)

@@ -1,0 +1,129 @@
+"""`nondeep bench MODEL [MODEL ...]`: latency, throughput and roof fraction, fused and unfused side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .. import measure
+from ..bench import (DEFAULT_REPEATS, DEFAULT_WARMUP, TABLE_COLUMNS, benchmark_model, build_model,
+                     machine_description, resolve_device)
+from ..errors import NondeepError
+from ..parallel import intra_op_threads
+from ..report import format_table, write_json, write_text
+
+
+def load_accuracies(paths: Sequence[str]) -> dict[str, float]:
+    """model -> test_accuracy from JSON files (a training run's summary.json; a list of such dicts also works)."""
+    accuracies: dict[str, float] = {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as err:
+            raise NondeepError(f"cannot read accuracy file {path}: {err.strerror or err}") from err
+        except json.JSONDecodeError as err:
+            raise NondeepError(f"accuracy file {path} is not JSON: {err}") from err
+        for entry in data if isinstance(data, list) else [data]:
+            if not isinstance(entry, dict) or "model" not in entry or "test_accuracy" not in entry:
+                raise NondeepError(f"accuracy file {path} needs the keys 'model' and 'test_accuracy'")
+            accuracies[str(entry["model"])] = float(entry["test_accuracy"])
+    return accuracies
+
+
+def plot_latency_vs_accuracy(rows: Sequence[dict[str, Any]], accuracies: dict[str, float], path: str | Path,
+                             title: str = "") -> int:
+    """One point per (model, form) at the smallest batch size: latency (ms) against test accuracy. Returns
+    the number of points (models without an accuracy are left out)."""
+    from ..plots import plot_scatter  # matplotlib (Agg) only when a plot is asked for
+
+    smallest = min(r["infer_batch_size"] for r in rows)
+    points = [{"label": f"{r['model']} ({r['form']})", "latency_ms": r["infer_step_time"],
+               "test_accuracy": accuracies[r["model"]]}
+              for r in rows if r["infer_batch_size"] == smallest and r["model"] in accuracies]
+    if points:
+        plot_scatter(points, "latency_ms", "test_accuracy", path, label="label", title=title,
+                     xlabel=f"latency at batch {smallest} (ms)", ylabel="test accuracy", logx=True)
+    return len(points)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise NondeepError(f"--threads must be >= 1, got {args.threads}")
+    accuracies = load_accuracies(args.accuracy) if args.accuracy else {}
+    # Build every model first: a wrong name fails in a second, not after minutes of timing.
+    models = [build_model(name, args.input_size, args.in_chans)[0] for name in args.models]
+    device = resolve_device(args.device)
+    threads = args.threads or torch.get_num_threads()
+    with intra_op_threads(threads):  # one roof for every model of the run, on the same threads
+        roof = measure.matmul_peak_gflops(device=device)
+    rows: list[dict[str, Any]] = []
+    for name, model in zip(args.models, models):
+        rows += benchmark_model(model, args.input_size, args.batch_sizes, threads, device,
+                                fused_and_unfused=not args.fused_only, channels_last=args.channels_last,
+                                compile=args.compile, stream_parallel=args.stream_parallel, repeats=args.repeats,
+                                warmup=args.warmup, peak_gflops=roof, model_name=name)
+    for row in rows:
+        if row["model"] in accuracies:
+            row["test_accuracy"] = accuracies[row["model"]]
+    columns = TABLE_COLUMNS + (["test_accuracy"] if accuracies else [])
+    table = format_table(rows, columns)
+    first = rows[0]
+    note = (f"{machine_description()}; {first['threads']} threads, device {first['device']}, torch "
+            f"{first['torch_version']}; roof = float32 2048x2048 matmul {first['roof_gflops']:.1f} GFLOP/s; "
+            f"infer_step_time in ms per batch (median, p10, p90 of {args.repeats}); param_count in millions; "
+            f"infer_gmacs per sample.")
+    print(table)
+    print(f"\n{note}")
+    if args.json:
+        write_json(args.json, rows)
+    if args.md:
+        command = (" ".join(["nondeep", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"]
+                   else f"nondeep bench {' '.join(args.models)} (called from Python)")
+        write_text(args.md, f"# nondeep bench\n\n- command: `{command}`\n- {note}\n\n{table}\n")
+    if accuracies:
+        plot = args.plot or _default_plot_path(args)
+        if plot_latency_vs_accuracy(rows, accuracies, plot, title="latency vs accuracy"):
+            print(f"latency-vs-accuracy plot: {plot}")
+        else:
+            print("no benchmarked model has an accuracy in the --accuracy files: no plot", file=sys.stderr)
+    return 0
+
+
+def _default_plot_path(args: argparse.Namespace) -> Path:
+    for given in (args.md, args.json):
+        if given:
+            return Path(given).with_name(Path(given).stem + "_latency_vs_accuracy.png")
+    return Path("bench_latency_vs_accuracy.png")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="latency, throughput and roof fraction, fused and unfused side by side",
+                       description="Time inference of each model (fused and unfused, optionally compiled or "
+                       "stream-parallel) at each batch size; print a markdown table.")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="registered names (nondeep models), or torchvision:NAME where supported")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's current count)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="N", help="default: 1 32")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="default: each model's")
+    p.add_argument("--in-chans", type=int, help="input channels (default: the input size's C, else the model's)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for models and inputs")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the fused model")
+    p.add_argument("--stream-parallel", action="store_true",
+                   help="also time nondeep.parallel.StreamParallel of the fused model (ParNets)")
+    p.add_argument("--fused-only", action="store_true", help="skip the unfused (training-form) rows")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed calls per row (default {DEFAULT_REPEATS})")
+    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed calls first (default {DEFAULT_WARMUP})")
+    p.add_argument("--json", metavar="PATH", help="write the rows as JSON (atomically)")
+    p.add_argument("--md", metavar="PATH", help="write the table as markdown (atomically)")
+    p.add_argument("--accuracy", nargs="+", metavar="SUMMARY_JSON",
+                   help="JSON files with 'model' and 'test_accuracy' (e.g. training summary.json): adds a "
+                   "latency-vs-accuracy PNG")
+    p.add_argument("--plot", metavar="PATH", help="where the latency-vs-accuracy PNG goes (default: beside --md "
+                   "or --json, else ./bench_latency_vs_accuracy.png)")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,155 @@
+"""Stream-parallel inference (nondeep.parallel) and the benchmark (nondeep.bench, `nondeep bench`)."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+from conftest import randomize_bn
+from nondeep import create_model, reparameterize_model
+from nondeep.bench import FORMS, ROW_FIELDS, benchmark_model, check_row, speedup
+from nondeep.cli import main
+from nondeep.errors import NondeepError
+from nondeep.parallel import DeviceUnavailableError, NotStreamParallelError, StreamParallel
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _tiny(num_streams, fused, seed=0):
+    model = randomize_bn(create_model("parnet_tiny", in_chans=1, num_streams=num_streams), seed=seed).eval()
+    return reparameterize_model(model) if fused else model
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("num_streams", [1, 2, 3, 4])
+def test_threads_mode_equals_the_sequential_model(num_streams, fused):
+    model = _tiny(num_streams, fused)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.inference_mode():
+        expected = model(x)
+        for overlap in (True, False):
+            # Each stream on as many intra-op threads as the sequential run: the same kernels, bitwise equal.
+            exact = StreamParallel(model, "threads", overlap=overlap, threads_per_stream=2)
+            # The default splits the 2 threads: kernels on 1 thread block their sums differently (the
+            # sequential model itself differs by ~1e-7 between 1 and 2 threads).
+            split = StreamParallel(model, "threads", overlap=overlap)
+            try:
+                for _ in range(2):  # the second call reuses the worker threads
+                    assert torch.equal(exact(x), expected)
+                    torch.testing.assert_close(split(x), expected, rtol=0, atol=1e-5)
+            finally:
+                exact.close(), split.close()
+
+
+def test_threads_mode_keeps_thread_counts_and_grad_mode():
+    model = _tiny(3, fused=False).train()  # batch statistics; autograd through the worker threads
+    parallel = StreamParallel(model, "threads", threads_per_stream=1)
+    x = torch.randn(2, 1, 16, 16)
+    try:
+        out = parallel(x)
+        assert out.requires_grad  # grad mode is thread-local: the workers must run in the caller's
+        out.sum().backward()
+        assert all(p.grad is not None for p in model.streams.parameters())
+        torch.testing.assert_close(out, model(x), rtol=0, atol=1e-5)
+        # The workers' set_num_threads(1) leaves the caller's count and the default of new threads alone.
+        assert torch.get_num_threads() == 2
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start(), t.join()
+        assert seen == [2]
+    finally:
+        parallel.close()
+
+
+def test_fork_mode_matches_sequential():
+    model = _tiny(3, fused=True)
+    x = torch.randn(2, 1, 28, 28)
+    parallel = StreamParallel(model, "fork")
+    with torch.inference_mode():
+        torch.testing.assert_close(parallel(x), model(x), rtol=0, atol=1e-5)
+    assert len(list(parallel.parameters())) == len(list(model.parameters()))  # the scripted copy is not a submodule
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+@pytest.mark.parametrize("mode", ["cuda_streams", "devices"])
+def test_gpu_modes_fail_clearly_without_cuda(mode):
+    with pytest.raises(DeviceUnavailableError, match="needs CUDA"):
+        StreamParallel(_tiny(3, fused=True), mode)
+    assert issubclass(DeviceUnavailableError, NondeepError)
+
+
+def test_not_a_parnet_and_bad_mode():
+    with pytest.raises(NotStreamParallelError):
+        StreamParallel(create_model("preact_resnet_20"))
+    with pytest.raises(ValueError, match="mode"):
+        StreamParallel(_tiny(3, fused=True), "processes")
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["cuda_streams", "devices"])
+def test_gpu_modes_match_sequential(mode):
+    model = _tiny(3, fused=True)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(x)
+        devices = ["cuda:0"] * 3 if mode == "devices" else None
+        parallel = StreamParallel(model, mode, devices=devices)
+        got = parallel(x.cuda())
+        torch.cuda.synchronize()
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)  # TF32/cuDNN kernels differ from CPU
+
+
+def test_benchmark_rows_follow_the_schema():
+    rows = benchmark_model("parnet_tiny", input_size=(1, 28, 28), batch_sizes=(1, 2), threads=2, repeats=3,
+                           warmup=1, stream_parallel=True)
+    assert {r["form"] for r in rows} == {"unfused", "fused", "stream_parallel"} <= set(FORMS)
+    assert len(rows) == 6
+    for row in json.loads(json.dumps(rows)):  # survives JSON
+        check_row(row)
+        assert set(ROW_FIELDS) <= set(row)
+        assert row["model"] == "parnet_tiny" and row["depth"] == 12 and row["threads"] == 2
+        assert row["infer_step_time_p10"] <= row["infer_step_time"] <= row["infer_step_time_p90"]
+        assert row["roof_fraction"] == pytest.approx(row["achieved_gflops"] / row["roof_gflops"])
+        assert row["infer_samples_per_sec"] == pytest.approx(1000 * row["infer_batch_size"] / row["infer_step_time"])
+    fused = next(r for r in rows if r["form"] == "fused")
+    unfused = next(r for r in rows if r["form"] == "unfused")
+    assert fused["param_count"] < unfused["param_count"] and fused["infer_gmacs"] < unfused["infer_gmacs"]
+    assert speedup(rows, "unfused", "fused") > 0
+    with pytest.raises(ValueError, match="lacks"):
+        check_row({k: v for k, v in rows[0].items() if k != "roof_fraction"})
+
+
+def test_benchmark_model_without_fusable_blocks_is_eager():
+    rows = benchmark_model("preact_resnet_20", input_size=(1, 28, 28), batch_sizes=(1,), repeats=2, warmup=0,
+                           peak_gflops=100.0)
+    assert [r["form"] for r in rows] == ["eager"] and rows[0]["roof_gflops"] == 100.0
+
+
+def test_cli_bench_writes_json_md_and_plot(tmp_path, capsys):
+    out, md, plot = tmp_path / "bench.json", tmp_path / "bench.md", tmp_path / "plot.png"
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"model": "parnet_tiny", "test_accuracy": 0.91}))
+    code = main(["bench", "parnet_tiny", "--repeats", "3", "--batch-sizes", "1", "--json", str(out),
+                 "--md", str(md), "--accuracy", str(summary), "--plot", str(plot)])
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [r["form"] for r in rows] == ["unfused", "fused"]
+    for row in rows:
+        check_row(row)
+    printed = capsys.readouterr().out
+    assert "roof_fraction" in printed and "| parnet_tiny" in printed
+    assert "test_accuracy" in md.read_text() and plot.stat().st_size > 1000
+
+
+def test_cli_bench_unknown_model_is_one_line_exit_2(capsys):
+    assert main(["bench", "parnet_tinyy", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown model" in err and "parnet_tiny" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+def test_cli_bench_cuda_without_cuda_is_one_line_exit_2(capsys):
+    assert main(["bench", "parnet_tiny", "--device", "cuda", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CUDA" in err
