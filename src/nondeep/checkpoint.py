@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
@@ -79,16 +81,27 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
     atomic_write_bytes(path, st_save(tensors, metadata={"nondeep": json.dumps(meta)}))
 
 
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file, from one read of the whole file.
+
+    One read is a consistent snapshot even while another process replaces the file by rename (a run saving
+    last.safetensors); safe_open maps the path again after reading the header and can see two versions.
+    Raises SafetensorError / ValueError / KeyError / OSError / struct.error on a damaged file."""
+    data = Path(path).read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+    return st_load(data), metadata
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """All tensors (by prefix: model., optim., ema., extra.) and the meta dict, verified against its hash."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass the .safetensors file a training run wrote")
     try:
-        with safe_open(path, framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["nondeep"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, ValueError, KeyError, OSError) as err:
+        tensors, metadata = read_safetensors(path)
+        meta = json.loads(metadata["nondeep"])
+    except (SafetensorError, ValueError, KeyError, TypeError, OSError, struct.error) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}): use another "
                               f"checkpoint (e.g. best.safetensors / last.safetensors) or retrain") from err
     if meta.get("format") != FORMAT:

@@ -12,14 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save as st_save
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, read_safetensors
 from ..report import atomic_write_bytes
 
 FORMAT = "nondeep-teacher-logits-v1"
@@ -84,10 +85,9 @@ def load_logits(path: str | os.PathLike, spec: dict[str, Any],
     if not path.exists():
         return None
     try:
-        with safe_open(path, framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["nondeep"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, ValueError, KeyError, OSError, TypeError) as err:
+        tensors, metadata = read_safetensors(path)
+        meta = json.loads(metadata["nondeep"])
+    except (SafetensorError, ValueError, KeyError, OSError, TypeError, struct.error) as err:
         raise TeacherCacheError(f"teacher-logit cache {path} is corrupt or truncated ({type(err).__name__}): "
                                 f"{_advice(path)}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
