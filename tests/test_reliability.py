@@ -225,13 +225,13 @@ CASES = ["unknown model", "corrupt IDX file", "one-class ImageFolder", "unknown 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_clear_line(case, tiny_fashion, trained, tmp_path, capsys):
     argv, message = _cases(tiny_fashion, trained, tmp_path)[case]
-    before = {p: p.read_bytes() for p in trained.iterdir()}
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("nondeep: error:"), err
     import re
     assert re.search(message, err), err
-    assert {p: p.read_bytes() for p in trained.iterdir()} == before  # nothing overwritten
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before  # nothing overwritten
     assert not (tmp_path / "new").exists()  # a refused run leaves no folder behind
 
 
@@ -250,3 +250,26 @@ def test_missing_dataset_names_the_three_ways(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "apt-get install dataset-fashion-mnist" in err and "NONDEEP_DATA" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_read_while_another_process_rewrites_it_is_always_whole(tmp_path):
+    # The race behind a CI failure: the reader saw the header of one version and the size of the next.
+    path = tmp_path / "last.safetensors"
+    script = ("import sys, torch; from nondeep.checkpoint import save_checkpoint\n"
+              "from nondeep.models import create_model\n"
+              "model = create_model('parnet_tiny', width_multiplier=0.5)\n"
+              "step = 0\n"
+              "while True:\n"
+              "    step += 1  # the header grows by a digit now and then, so the versions differ in size\n"
+              "    save_checkpoint(sys.argv[1], model, {'model': 'parnet_tiny', 'model_kwargs': {}, 'step': step,\n"
+              "                    'note': 'x' * (step % 7)})\n"
+              "    if step == 1: print('go', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        proc.stdout.readline()
+        steps = [read_checkpoint(path)[1]["step"] for _ in range(300)]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(set(steps)) > 1, "the writer never replaced the file during the reads"
