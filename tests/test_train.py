@@ -36,6 +36,20 @@ def test_training_learns_and_writes_a_run_folder(tiny_fashion, tmp_path):
         assert key in on_disk
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,train_loss,train_top1,eval_loss,eval_top1,eval_top5,lr")
+    check_tensorboard_log(tmp_path / "run" / "tensorboard", on_disk)
+
+
+def check_tensorboard_log(folder, summary):
+    """With tensorboard installed (the dev extra), each epoch's metrics are in the event file as well."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    eval_top1 = events.Scalars("eval_top1")
+    assert [e.step for e in eval_top1] == [1, 2, 3]
+    assert eval_top1[-1].value == pytest.approx(summary["test_accuracy"], abs=1e-3)
+    assert {"train_loss", "lr", "train_images_per_sec"} <= set(events.Tags()["scalars"])
 
 
 def test_checkpoint_round_trip_and_fused_eval(tiny_fashion, tmp_path):

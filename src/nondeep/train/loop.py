@@ -172,6 +172,7 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(out)  # half-written files of a killed run; the finished ones are untouched
         write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    board = _tensorboard_writer(out) if is_main else None
     train_start = time.perf_counter() - sum(row["epoch_seconds"] for row in history)
     last_save = time.monotonic()
     stopped_by = None
@@ -240,6 +241,11 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
             partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
             if is_main:
                 _write_metrics(out / "metrics.csv", history)
+                if board is not None:
+                    for key, value in row.items():
+                        if key != "epoch":
+                            board.add_scalar(key, value, global_step=row["epoch"])
+                    board.flush()
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, eval top-1 "
                       f"{row.get('eval_top1', float('nan')):.2f}%, {row['train_images_per_sec']:.0f} img/s", flush=True)
                 if row["eval_top1"] > best_top1:
@@ -249,6 +255,8 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
                 last_save = time.monotonic()
             if stopped_by:
                 break
+    if board is not None:
+        board.close()
     if world_size > 1:
         dist.barrier()
     summary = _finish(cfg, out, model, ema, eval_loader, info, device, history, train_start, stopped_by, nan_steps,
@@ -256,6 +264,15 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
     if world_size > 1:
         dist.barrier()
     return summary
+
+
+def _tensorboard_writer(out: Path) -> Any:
+    """A SummaryWriter into out/tensorboard when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
