@@ -46,11 +46,32 @@ def plot_scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: str | P
     for row in points:
         ax.scatter(row[x], row[y])
         ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if logx:  # before the reference lines' labels, which are placed at the axis' left end
+        ax.set_xscale("log")
     for name, value in (hlines or {}).items():
         ax.axhline(value, linestyle="--", color="grey")
         ax.annotate(name, (ax.get_xlim()[0], value), textcoords="offset points", xytext=(4, 3), fontsize=8)
-    if logx:
-        ax.set_xscale("log")
     ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title)
     ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_front(points: Sequence[dict[str, Any]], x: str, y: str, front: str, path: str | Path, label: str = "model",
+               annotate: str | None = None, title: str = "", xlabel: str | None = None,
+               ylabel: str | None = None) -> None:
+    """All points, the ones flagged by `front` drawn larger and joined (a Pareto front: lower x, higher y);
+    each labelled by `label` (front points) and `annotate` (all points, e.g. depth)."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    on = sorted((p for p in points if p[front]), key=lambda p: p[x])
+    off = [p for p in points if not p[front]]
+    ax.scatter([p[x] for p in off], [p[y] for p in off], color="tab:grey", alpha=0.6, label="dominated")
+    ax.plot([p[x] for p in on], [p[y] for p in on], "o-", color="tab:red", label="Pareto front")
+    for p in points:
+        text = str(p[label]) if p[front] else ""
+        if annotate is not None:
+            text = f"{text} [{p[annotate]}]" if text else f"[{p[annotate]}]"
+        ax.annotate(text, (p[x], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
     save_figure(fig, path)

@@ -10,12 +10,13 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import measure
+from ..bench import module_candidate, time_candidates
 from ..checkpoint import load_model
 from ..plots import plot_scatter
 from ..report import format_table, write_json, write_text
 from ..reparam import reparameterize_model
 from ..train import TrainConfig, train
+from ._lab import finished
 
 QUICKSTART_MODELS = ("parnet_tiny", "preact_resnet_20")
 
@@ -26,23 +27,26 @@ def run_quickstart(out: str | Path | None = None, models: Sequence[str] = QUICKS
     """Train each model with the same recipe, measure it, and write quickstart.json/.md/.png under `out`.
     Returns the table's rows and the output folder."""
     out = Path(out or Path("runs") / f"quickstart-{dt.datetime.now():%Y%m%d-%H%M%S}")
-    rows = []
+    rows, candidates = [], []
     for name in models:
         cfg = TrainConfig(model=name, data=data, data_dir=data_dir, out=str(out / name), epochs=epochs, seed=seed,
                           max_train_samples=max_train_samples, progress=progress)
-        summary = train(cfg)
-        model, _ = load_model(summary["checkpoint"])
-        fused = reparameterize_model(model)
-        input_size = (model.in_chans, 28, 28) if data == "fashion-mnist" else None
-        unfused_ms = measure.latency(model, input_size, repeats=30).median_ms
-        fused_ms = measure.latency(fused, input_size, repeats=30).median_ms
+        summary = finished(train(cfg))  # a run stopped by Ctrl-C ends the quickstart, not just that run
+        model, meta = load_model(summary["checkpoint"])
+        input_size = (meta["data"]["in_chans"], *meta["data"]["image_size"])
+        candidates += [module_candidate(model.eval(), name, "unfused", input_size),
+                       module_candidate(reparameterize_model(model), name, "fused", input_size)]
         rows.append({
             "model": name, "test_accuracy": summary["test_accuracy"],
             "fused_test_accuracy": summary["fused_test_accuracy"], "depth": summary["depth"],
-            "params_m": summary["params"] / 1e6, "mflops": summary["flops"] / 1e6,
-            "latency_ms_bs1": unfused_ms, "fused_latency_ms_bs1": fused_ms, "epochs": summary["epochs"],
+            "params_m": summary["params"] / 1e6, "mflops": summary["flops"] / 1e6, "epochs": summary["epochs"],
             "train_seconds": summary["train_seconds"],
         })
+    # All models' batch-1 latencies in one interleaved timing, so that machine noise weighs on each alike.
+    timed = {(r["model"], r["form"]): r["infer_step_time"] for r in time_candidates(candidates, batch_size=1)}
+    for row in rows:
+        row["latency_ms_bs1"] = timed[(row["model"], "unfused")]
+        row["fused_latency_ms_bs1"] = timed[(row["model"], "fused")]
     meta = {"command": "nondeep quickstart", "data": data, "epochs": epochs, "seed": seed,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "date": dt.date.today().isoformat(),
             "recipe": {k: v for k, v in dataclasses.asdict(TrainConfig()).items()

@@ -1,0 +1,24 @@
+"""The main job, `nondeep quickstart`, end to end on tiny data that the tests write."""
+
+import json
+
+from nondeep.cli import main
+from nondeep.experiments.quickstart import QUICKSTART_MODELS
+
+
+def test_quickstart_trains_both_models_and_writes_the_table(tiny_fashion, tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--data-dir", str(tiny_fashion), "--max-train-samples", "64", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| model" in printed and str(out) in printed
+    report = json.loads((out / "quickstart.json").read_text())
+    rows = {row["model"]: row for row in report["rows"]}
+    assert set(rows) == set(QUICKSTART_MODELS)
+    assert rows["parnet_tiny"]["depth"] == 12 and rows["preact_resnet_20"]["depth"] == 20  # measured
+    for row in rows.values():
+        assert abs(row["fused_test_accuracy"] - row["test_accuracy"]) < 1
+        assert row["latency_ms_bs1"] > 0 and row["fused_latency_ms_bs1"] > 0 and row["params_m"] > 0
+    assert (out / "quickstart.md").is_file() and (out / "quickstart.png").stat().st_size > 1000
+    for name in QUICKSTART_MODELS:
+        assert (out / name / "summary.json").is_file()
+
