@@ -13,22 +13,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from .. import measure
 from ..checkpoint import load_model
 from ..distill import distill
-from ..errors import NondeepError
 from ..plots import plot_scatter
 from ..report import format_table, write_json, write_text
 from ..train import TrainConfig, config_from_dict, train
+from ._lab import describe_machine, finished, machine
 
 # The shallow students' recipe; configs/mimic_snn.yaml holds the same (a test keeps them equal). AdamW with
 # a small lr: the 8000-unit layer fed by a linear bottleneck is unstable under the conv nets' SGD lr 0.2.
@@ -42,28 +38,6 @@ TARGETS = {"mimic_gain_points": 1.0, "gap_closed": 0.5, "nondeep_within_points":
 def recipe_for(model: str) -> dict[str, Any]:
     """The Ba & Caruana students get MIMIC_RECIPE; every other model nondeep's default (SGD one-cycle)."""
     return dict(MIMIC_RECIPE) if model.startswith("mimic_") else {}
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version()}
-
-
-def _finished(summary: dict[str, Any]) -> dict[str, Any]:
-    """A run stopped by SIGINT/SIGTERM checkpointed and returned: stop the lab too, rather than go on."""
-    if summary.get("stopped_by"):
-        raise NondeepError(f"{summary['model']} was stopped by {summary['stopped_by']} (its checkpoint is in "
-                           f"{summary['out']}); rerun the lab with another --out, or --teacher that checkpoint")
-    return summary
 
 
 def _gap_closed(label: float | None, mimic: float, teacher: float) -> float | None:
@@ -93,16 +67,16 @@ def run_mimic_lab(out: str | Path | None = None, teacher: str | None = None, tea
                                  "epochs": epochs, "model_kwargs": kwargs.get(model, {})})
 
     if teacher is None:
-        teacher_summary = _finished(train(cfg(teacher_model, f"teacher-{teacher_model}", teacher_epochs)))
+        teacher_summary = finished(train(cfg(teacher_model, f"teacher-{teacher_model}", teacher_epochs)))
         teacher = teacher_summary["checkpoint"]
     teacher_row = describe_teacher(teacher)
     rows: list[dict[str, Any]] = []
     plan = [(s, True) for s in students] + [(s, nondeep_label_baseline) for s in nondeep_students]
     for model, with_labels in plan:
         epochs = student_epochs if model in students else nondeep_epochs
-        mimic = _finished(distill(cfg(model, f"{model}-{loss}", epochs), [teacher], loss=loss,
+        mimic = finished(distill(cfg(model, f"{model}-{loss}", epochs), [teacher], loss=loss,
                                   transfer_copies=transfer_copies, cache_dir=cache_dir))
-        label = _finished(distill(cfg(model, f"{model}-labels", epochs), [teacher], alpha=0.0,
+        label = finished(distill(cfg(model, f"{model}-labels", epochs), [teacher], alpha=0.0,
                                   transfer_copies=transfer_copies, cache_dir=cache_dir)) if with_labels else None
         teacher_acc = teacher_row["test_accuracy"] = mimic["teacher_test_accuracy"]
         rows.append({
@@ -166,12 +140,10 @@ def write_outputs(report: dict[str, Any], folder: Path) -> None:
     write_json(folder / "mimic.json", report)
     columns = ["model", "kind", "params", "depth", "label_acc", "mimic_acc", "teacher_acc", "gap_closed",
                "teacher_agreement", "label_teacher_agreement", "epochs"]
-    m = meta["machine"]
     targets = "\n".join(f"- {_target_line(t)}" for t in report["targets"])
     text = (f"# Mimic learning on {meta['data']} (nondeep lab mimic)\n\n"
-            f"Command: `{meta['command']}`\n\nSeed {meta['seed']}; {meta['date']}; machine: {m['cpu']}, "
-            f"{m['cores']} cores ({m['threads']} torch threads), GPU: {m['gpu'] or 'none'}; torch {m['torch']}; "
-            f"total {meta['total_seconds'] / 60:.1f} min ({meta['total_seconds']:.0f} s).\n\n"
+            f"Command: `{meta['command']}`\n\nSeed {meta['seed']}; {meta['date']}; machine: "
+            f"{describe_machine(meta['machine'])}; total {meta['total_seconds'] / 60:.1f} min ({meta['total_seconds']:.0f} s).\n\n"
             f"Teacher: {teacher['model']} (depth {teacher['depth']}, {teacher['params']} parameters, "
             f"{teacher['epochs']} epochs), test accuracy {teacher['test_accuracy'] or float('nan'):.2f}%. Training images: "
             f"{meta['max_train_samples'] or 'all'}; transfer set = originals + {meta['transfer_copies']} fixed "

@@ -119,21 +119,23 @@ class WideResNet(nn.Module):
     """A pre-activation residual network for 32x32 images: WRN-`depth`-`widen_factor`, or, with
     `depth_rule="resnet"` and `widen_factor=1`, the thin pre-act ResNets it is compared with."""
 
-    def __init__(self, depth: int, widen_factor: int, num_classes: int = 10, in_chans: int = 3,
+    def __init__(self, depth: int, widen_factor: float, num_classes: int = 10, in_chans: int = 3,
                  drop_rate: float = 0.0, block: BlockName = "basic", stem_width: int = 16,
                  depth_rule: DepthRule = "wrn") -> None:
         super().__init__()
         n = blocks_per_group(depth, block, depth_rule)
-        if widen_factor < 1:
-            raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
+        if widen_factor < 1 / 16:
+            raise ValueError(f"widen_factor must be >= 1/16 (at least one channel), got {widen_factor}")
         block_cls = _BLOCKS[block]
-        self.name = f"wrn_{depth}_{widen_factor}" if depth_rule == "wrn" else f"preact_resnet_{depth}"
+        self.name = f"wrn_{depth}_{widen_factor:g}" if depth_rule == "wrn" else f"preact_resnet_{depth}"
         self.depth, self.widen_factor, self.block = depth, widen_factor, block
         self.in_chans, self.num_classes = in_chans, num_classes
 
+        # A fractional k (the width-vs-depth lab matches parameter budgets with it) rounds each group's width.
+        widths = [int(round(base * widen_factor)) for base in (16, 32, 64)]
         self.conv1 = conv3x3(in_chans, stem_width)
         in_chs, groups = stem_width, []
-        for width, stride in zip((16 * widen_factor, 32 * widen_factor, 64 * widen_factor), (1, 2, 2)):
+        for width, stride in zip(widths, (1, 2, 2)):
             blocks = []
             for i in range(n):
                 blocks.append(block_cls(in_chs, width, stride if i == 0 else 1, drop_rate))
@@ -147,9 +149,9 @@ class WideResNet(nn.Module):
         self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         exp = block_cls.expansion
         self.feature_info: list[dict[str, Any]] = [
-            dict(num_chs=16 * widen_factor * exp, reduction=1, module="layer1"),
-            dict(num_chs=32 * widen_factor * exp, reduction=2, module="layer2"),
-            dict(num_chs=64 * widen_factor * exp, reduction=4, module="act")]
+            dict(num_chs=widths[0] * exp, reduction=1, module="layer1"),
+            dict(num_chs=widths[1] * exp, reduction=2, module="layer2"),
+            dict(num_chs=widths[2] * exp, reduction=4, module="act")]
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -223,6 +225,13 @@ def _wrn_from_name(match: re.Match[str]) -> tuple[type[WideResNet], dict[str, An
 
 # Any wrn_<n>_<k>; the names below are the paper's (and Fashion-MNIST's benchmark) nets.
 register_model_pattern(r"wrn_(\d+)_(\d+)", _wrn_from_name, cfg=CIFAR_CFG)
+
+
+@register_model(cfg=CIFAR_CFG)
+def wide_resnet(depth: int = 16, widen_factor: float = 4.0, **kwargs: Any) -> WideResNet:
+    """Any WRN-n-k by arguments, k fractional too (each group's width rounded): what a sweep at a fixed
+    parameter budget needs, e.g. create_model("wide_resnet", depth=10, widen_factor=2.2)."""
+    return WideResNet(depth, widen_factor, **kwargs)
 
 
 @register_model(cfg=CIFAR_CFG)
