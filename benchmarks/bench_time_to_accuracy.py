@@ -15,6 +15,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from _common import header, machine
@@ -41,9 +42,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
     parser.add_argument("--runs", default="runs/time_to_accuracy")
     parser.add_argument("--out", default="docs/results")
-    parser.add_argument("--timeout-min", type=float, default=120.0)
+    parser.add_argument("--timeout-min", type=float, default=120.0,
+                        help="wall-clock limit for all runs together; a run still going is stopped (SIGTERM) "
+                             "and reported with the epochs it finished")
     args = parser.parse_args()
-    procs = []
+    procs, deadline = [], time.monotonic() + args.timeout_min * 60
     for model, epochs in zip(args.models, args.epochs):
         out = Path(args.runs) / model
         cmd = [sys.executable, "-m", "nondeep.cli", "train", "--model", model, "--epochs", str(epochs),
@@ -54,9 +57,9 @@ def main() -> None:
         log = open(Path(args.runs) / f"{model}.log", "a")
         procs.append((model, epochs, out, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                            env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))))
-    for *_, proc in procs:
+    for *_, proc in procs:  # one deadline for all runs, counted from their common start
         try:
-            proc.wait(timeout=args.timeout_min * 60)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.terminate()  # SIGTERM: the trainer checkpoints and stops; what it measured is kept
             proc.wait()
