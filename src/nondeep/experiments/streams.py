@@ -67,8 +67,9 @@ def cmd_streams(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(NAME, help="ParNet with 1, 2, 3 streams at equal parameters (default budget: 38 min measured "
-                       "on 1 thread of a busy 2-core machine; the 1-stream net, all at full resolution, is 80%% of it)")
+    p = sub.add_parser(NAME, help="ParNet with 1, 2, 3 streams at equal parameters (default budget: 29 min measured "
+                       "on 2 threads of an idle 2-core machine, 38 min on 1 thread of a busy one; the 1-stream net, "
+                       "all at full resolution, is most of it)")
     p.add_argument("--streams", type=int, nargs="+", default=list(DEFAULT_STREAMS),
                    help="stream counts (default: %(default)s)")
     p.add_argument("--base", default="parnet_tiny", help="ParNet builder; its default size is the budget")
