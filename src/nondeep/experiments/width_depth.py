@@ -50,7 +50,8 @@ def run_width_depth_lab(out: str | Path | None = None, depths: Sequence[int] = D
               "rows": rows}
     notes = (f"Parameter budget: {target / 1e6:.3f} M (the ParNet's). Depth is measured (longest conv/linear "
              "path); latency_ms is the fused model's batch-1 median, all models timed side by side in interleaved "
-             "rounds. At a small training budget differences below about 0.5 point are within seed noise.")
+             "rounds. One seed per run: at the default budget a second seed moved a net by up to 3.7 points "
+             "(docs/results/width-depth-seed1.md), so read small differences as noise.")
     publish(report, folder, results, "Width vs depth at a fixed parameter budget (nondeep lab width-depth)", COLUMNS,
             notes, plot=dict(x="depth", y="test_accuracy", title=f"Fashion-MNIST, {target / 1e6:.2f} M parameters "
                              "each", xlabel="measured depth", ylabel="test accuracy (%)"))
