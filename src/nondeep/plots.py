@@ -21,15 +21,16 @@ def save_figure(fig: "plt.Figure", path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Loss (train, eval) and top-1 accuracy (train, eval) against epoch."""
+def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "",
+                         eval_label: str = "eval") -> None:
+    """Loss (train, eval) and top-1 accuracy (train, eval) against epoch; eval_label names the eval split."""
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax_loss.plot(epochs, [r.get("eval_loss") for r in history], "o-", label="eval")
+    ax_loss.plot(epochs, [r.get("eval_loss") for r in history], "o-", label=eval_label)
     ax_loss.set(xlabel="epoch", ylabel="loss")
     ax_acc.plot(epochs, [r["train_top1"] for r in history], "o-", label="train")
-    ax_acc.plot(epochs, [r.get("eval_top1") for r in history], "o-", label="eval")
+    ax_acc.plot(epochs, [r.get("eval_top1") for r in history], "o-", label=eval_label)
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
