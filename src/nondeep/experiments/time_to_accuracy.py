@@ -4,7 +4,7 @@ ResNet-18 as a larger reference), each with its schedule chosen on validation:
 
 1. tuning, on validation only: each model trains with each planned epoch count of the grid (the one-cycle
    schedule spans it) on the training set less the validation split; the epoch count whose run reaches the
-   target on validation soonest is chosen (the largest one when none does);
+   target on validation in the fewest epochs is chosen (ties: the shorter schedule; none: the longest);
 2. measuring: with that schedule each model trains on the whole training set with several seeds; the test split
    is evaluated after every epoch, and only to read off when the target was first reached.
 Training seconds exclude evaluation. The runs go one after another in one process, the machine's load recorded
@@ -42,16 +42,18 @@ def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MOD
     folder, started = Path(folder), time.perf_counter()
     tuning, rows, seconds = [], [], {}
     for model in models:
-        timed = {}
+        reached_at = {}  # planned epochs -> the epoch that reached the target on validation
         for epochs in epoch_grid:
             summary = train_run(folder / "tuning", Run(f"{model}-{epochs}ep", model), budget, budget.seed,
                                 epochs=epochs)
             reached, epoch = seconds_to_target(_history(Path(summary["out"])), target)
-            timed[epochs] = reached
+            if epoch is not None:
+                reached_at[epochs] = epoch
             tuning.append({"model": model, "epochs_planned": epochs, "val_seconds_to_target": reached,
                            "val_epoch_reached": epoch, "final_val_accuracy": summary["val_accuracy"]})
-        reaching = [e for e, s in timed.items() if s is not None]
-        chosen = min(reaching, key=lambda e: timed[e]) if reaching else max(epoch_grid)
+        # an epoch of one model costs the same in every schedule, so the soonest is the fewest epochs: compared
+        # in epochs, not in noisy seconds (ties: the shorter schedule)
+        chosen = min(reached_at, key=lambda e: (reached_at[e], e)) if reached_at else max(epoch_grid)
         per_seed = []
         for seed in budget.seed_list:  # measuring: all training images, the test split read after each epoch
             summary = train_run(folder / "measure", Run(f"{model}-{chosen}ep", model), budget, seed, epochs=chosen,
