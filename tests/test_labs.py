@@ -234,3 +234,18 @@ def test_time_to_accuracy_tunes_on_validation_and_times_on_test(tiny_fashion, tm
     assert (comparison["a"], comparison["b"]) == ("preact_resnet_20", "mimic_snn_1k")
     assert "time to target" in comparison["verdict"] or "slower to target than" in comparison["verdict"]
     assert (tmp_path / "tta" / "time_to_accuracy.md").is_file()
+
+
+def test_the_readme_table_is_generated_from_the_reports(tmp_path, capsys):
+    report = {"meta": {"lab": "blocks", "budget_text": "2 epoch(s), seeds [0, 1, 2]", "matched": "params",
+                       "command": "nondeep lab blocks", "date": "2026-11-28T21:00:00",
+                       "machine": {"cpu": "X", "cores": 2, "threads": 1, "gpu": None, "torch": "2.14"}},
+              "rows": [{"model": "a", "test_accuracy": 91.234, "ci95": 0.5, "latency_ms": 2.0},
+                       {"model": "b", "test_accuracy": 90.0, "ci95": None}],
+              "comparisons": [{"verdict": "a vs b: no detectable difference at this budget"}]}
+    (tmp_path / "blocks.json").write_text(json.dumps(report))
+    (tmp_path / "latency.json").write_text(json.dumps({"rows": []}))  # not a lab report: skipped
+    assert main(["lab", "summary", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert len(table) == 3 and "a 91.23 ± 0.50 (2.00 ms); b 90.00" in table[2]
+    assert "matched on params" in table[2] and "no detectable difference" in table[2]
