@@ -82,7 +82,7 @@ class ParNet(nn.Module):
         self.fc: nn.Module = nn.Linear(head_width, num_classes) if num_classes > 0 else nn.Identity()
         # Levels for features_only (see the module doc): streams but the last, the fused map, the head conv.
         stem_reduction = stem_stride ** 2
-        self.feature_info: list[dict[str, Any]] = [
+        self.feature_info = [
             dict(num_chs=w, reduction=stem_reduction * 2 ** i, module=f"streams.{i}")
             for i, w in enumerate(stream_widths[:-1])]
         fused_reduction = stem_reduction * 2 ** (num_streams - 1)

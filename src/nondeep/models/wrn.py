@@ -151,7 +151,7 @@ class WideResNet(nn.Module):
         self.global_pool = _helpers.check_global_pool(global_pool, num_classes)
         self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         exp = block_cls.expansion
-        self.feature_info: list[dict[str, Any]] = [
+        self.feature_info = [
             dict(num_chs=widths[0] * exp, reduction=1, module="layer1"),
             dict(num_chs=widths[1] * exp, reduction=2, module="layer2"),
             dict(num_chs=widths[2] * exp, reduction=4, module="act")]
