@@ -12,7 +12,6 @@ from nondeep import NondeepError
 from nondeep.checkpoint import load_model, read_checkpoint
 from nondeep.cli import main
 from nondeep.train import ConfigError, TrainConfig, config_from_dict, evaluate_checkpoint, load_config, train
-from nondeep.train.optim import lr_at
 
 
 def _cfg(tiny_fashion, out, **kw):
@@ -121,18 +120,6 @@ def test_config_errors(tmp_path):
     path.write_text("lr: 1\nschedule: step\n")
     cfg = load_config(path)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.schedule == "step"
-
-
-def test_schedules():
-    cfg = TrainConfig(lr=0.1, schedule="step", step_milestones=[0.3, 0.6, 0.8], step_gamma=0.2)
-    assert lr_at(0, 100, 10, cfg) == pytest.approx(0.1)
-    assert lr_at(35, 100, 10, cfg) == pytest.approx(0.02)
-    assert lr_at(85, 100, 10, cfg) == pytest.approx(0.1 * 0.2 ** 3)
-    cos = TrainConfig(lr=0.1, schedule="cosine", warmup_epochs=1)
-    assert lr_at(4, 100, 10, cos) == pytest.approx(0.05)
-    assert lr_at(99, 100, 10, cos) < 1e-3
-    one = TrainConfig(lr=0.1, schedule="onecycle")
-    assert lr_at(20, 100, 10, one) == pytest.approx(0.1) and lr_at(0, 100, 10, one) == pytest.approx(0.01)
 
 
 def test_cli_train_eval_and_errors(tiny_fashion, tmp_path, capsys):

@@ -78,3 +78,23 @@ def test_onecycle_closed_form_at_every_step():
     assert _schedule(TrainConfig(lr=LR, schedule="onecycle")) == pytest.approx(expected, rel=1e-12)
     # warm-up epochs do not apply to onecycle, which has its own rise
     assert _schedule(TrainConfig(lr=LR, schedule="onecycle", warmup_epochs=3)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_optimizer_decays_only_the_weights_of_convs_and_linears():
+    from torch import nn
+
+    from nondeep.train.optim import build_optimizer
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
+    model[1].weight.requires_grad_(False)  # a frozen parameter is left out
+    sgd = build_optimizer(model, TrainConfig(lr=0.3, momentum=0.8, weight_decay=1e-3))
+    assert isinstance(sgd, torch.optim.SGD)
+    decay, no_decay = sgd.param_groups
+    assert [p.shape for p in decay["params"]] == [(2, 1, 3, 3), (3, 8)] and decay["weight_decay"] == 1e-3
+    assert [p.shape for p in no_decay["params"]] == [(2,), (2,), (3,)] and no_decay["weight_decay"] == 0.0
+    assert (decay["lr"], decay["momentum"], decay["nesterov"]) == (0.3, 0.8, True)
+    assert not build_optimizer(model, TrainConfig(nesterov=False)).param_groups[0]["nesterov"]
+    assert not build_optimizer(model, TrainConfig(momentum=0.0)).param_groups[0]["nesterov"]  # torch refuses it
+    adamw = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05))
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0] and adamw.param_groups[0]["lr"] == 1e-3
