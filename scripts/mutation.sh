@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut 3) of the modules where issue 20 found gaps, each against its own fast tests.
-# Not in CI: it takes hours on 2 cores. Needs `pip install mutmut==3.8.1` in the venv.
+# Not in CI: it takes hours on 2 cores. Needs mutmut: `.venv/bin/pip install -e ".[mutation]"`.
 #
 #   scripts/mutation.sh                    # every module below, one after the other
 #   scripts/mutation.sh train/optim.py     # one module
@@ -38,6 +38,7 @@ for module in "${MODULES[@]}"; do
     echo "pytest_add_cli_args_test_selection="
     for t in $tests; do echo "    $t"; done
     echo "process_isolation=forkserver"  # torch is not fork-safe after pytest has run in the parent
+    echo "timeout_constant=60"  # seconds on top of 15x the clean run: 2 busy cores make a test run 10x slower
   } > "$copy/setup.cfg"
   echo "== $module against: $tests"
   start=$(date +%s)
