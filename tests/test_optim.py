@@ -95,6 +95,6 @@ def test_optimizer_decays_only_the_weights_of_convs_and_linears():
     assert (decay["lr"], decay["momentum"], decay["nesterov"]) == (0.3, 0.8, True)
     assert not build_optimizer(model, TrainConfig(nesterov=False)).param_groups[0]["nesterov"]
     assert not build_optimizer(model, TrainConfig(momentum=0.0)).param_groups[0]["nesterov"]  # torch refuses it
-    adamw = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05))
+    adamw = build_optimizer(model, TrainConfig(optimizer="adamw", lr=2e-3, weight_decay=0.05))  # not the default
     assert isinstance(adamw, torch.optim.AdamW)
-    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0] and adamw.param_groups[0]["lr"] == 1e-3
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0] and adamw.param_groups[0]["lr"] == 2e-3
