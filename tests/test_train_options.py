@@ -233,7 +233,8 @@ def _training_inputs(monkeypatch):
 
     def build(*args, **kwargs):
         model = real(*args, **kwargs)
-        model.register_forward_hook(lambda m, a, out: seen.append((a[0].detach(), out.detach())) if m.training else None)
+        model.register_forward_hook(
+            lambda m, a, out: seen.append((a[0].detach(), out.detach())) if m.training else None)
         return model
 
     monkeypatch.setattr(loop, "create_model", build)
