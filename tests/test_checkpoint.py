@@ -131,3 +131,31 @@ def test_not_a_nondeep_checkpoint_is_refused(tmp_path):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_optimizer_state_that_is_not_a_tensor_round_trips(tmp_path):
+    """Per-parameter state that is not a tensor (SGD and AdamW keep none, other optimizers do: LBFGS's
+    counters) travels in the JSON part and comes back on its parameter."""
+    model = create_model("mimic_snn_1k")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    optimizer.step()
+    params = list(model.parameters())
+    optimizer.state[params[0]]["n_iter"] = 7
+    optimizer.state[params[3]]["func_evals"] = 2.5
+    path = tmp_path / "sgd.safetensors"
+    save_checkpoint(path, model, {"model": "mimic_snn_1k", "model_kwargs": {}}, optimizer)
+    fresh = torch.optim.SGD(create_model("mimic_snn_1k").parameters(), lr=0.1, momentum=0.9)
+    load_training_state(path, create_model("mimic_snn_1k"), fresh)
+    state = fresh.state_dict()["state"]
+    assert (state[0]["n_iter"], state[3]["func_evals"]) == (7, 2.5) and "n_iter" not in state[1]
+    for index, values in optimizer.state_dict()["state"].items():
+        assert torch.equal(state[index]["momentum_buffer"], values["momentum_buffer"])
+
+
+def test_training_state_loads_strictly(saved):
+    """A model that lacks some of the saved tensors (here: the classifier) is refused, not half-loaded."""
+    headless = create_model("parnet_tiny", **META["model_kwargs"])
+    headless.reset_classifier(0)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        load_training_state(saved[0], headless)
