@@ -153,9 +153,29 @@ def test_optimizer_state_that_is_not_a_tensor_round_trips(tmp_path):
         assert torch.equal(state[index]["momentum_buffer"], values["momentum_buffer"])
 
 
-def test_training_state_loads_strictly(saved):
-    """A model that lacks some of the saved tensors (here: the classifier) is refused, not half-loaded."""
+def test_training_state_and_models_load_strictly(saved, tmp_path):
+    """A model or EMA that lacks some of the saved tensors (here: the classifier) is refused, and so is a
+    checkpoint that lacks some of the model's: nothing is half-loaded."""
+    path, model, _, _ = saved
     headless = create_model("parnet_tiny", **META["model_kwargs"])
     headless.reset_classifier(0)
     with pytest.raises(RuntimeError, match="Unexpected key"):
-        load_training_state(saved[0], headless)
+        load_training_state(path, headless)
+    headless_ema = AveragedModel(headless, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        load_training_state(path, create_model("parnet_tiny", **META["model_kwargs"]), ema=headless_ema)
+    incomplete = tmp_path / "headless.safetensors"
+    save_checkpoint(incomplete, headless, META, ema=headless_ema)
+    for use_ema in (False, True):
+        with pytest.raises(RuntimeError, match="Missing key"):
+            load_model(incomplete, use_ema=use_ema)
+
+
+def test_load_model_checks_the_class_count(tmp_path):
+    path = tmp_path / "ten.safetensors"
+    save_checkpoint(path, create_model("mimic_snn_1k", num_classes=10),
+                    {"model": "mimic_snn_1k", "model_kwargs": {"num_classes": 10}})
+    with pytest.raises(CheckpointError, match="trained for 10 classes, not 5"):
+        load_model(path, num_classes=5)
+    assert load_model(path, num_classes=10)[0].num_classes == 10
+    assert load_model(path)[0].num_classes == 10
