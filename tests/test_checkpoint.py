@@ -29,10 +29,10 @@ def _trained_state():
     return model, optimizer, ema
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+@pytest.fixture  # per test, so that every test really calls save_checkpoint (mutation tools map calls to tests)
+def saved(tmp_path):
     model, optimizer, ema = _trained_state()
-    path = tmp_path_factory.mktemp("ckpt") / "last.safetensors"
+    path = tmp_path / "last.safetensors"
     save_checkpoint(path, model, META, optimizer, ema, extra_tensors={"torch_rng": torch.get_rng_state()})
     return path, model, optimizer, ema
 
@@ -88,6 +88,27 @@ def test_a_tensor_read_as_another_dtype_is_refused(saved, tmp_path):
         read_checkpoint(target)
 
 
+def test_a_tensor_with_another_shape_is_refused(saved, tmp_path):
+    """The shape is hashed too: the same bytes read as (2, 5) instead of (10,) are caught."""
+    data = saved[0].read_bytes()
+    start, _ = _layout(data)
+    header = data[8:start]
+    entry = b'"model.fc.bias":{"dtype":"F32","shape":[10]'
+    assert header.count(entry) == 1
+    header = header.replace(entry, entry.replace(b"[10]", b"[2,5]"))
+    target = tmp_path / "reshaped.safetensors"
+    target.write_bytes(struct.pack("<Q", len(header)) + header + data[start:])
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        read_checkpoint(target)
+
+
+def test_a_truncated_file_is_refused_with_the_reason(saved, tmp_path):
+    target = tmp_path / "cut.safetensors"
+    target.write_bytes(saved[0].read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"cut.safetensors is corrupt or truncated \(\w+Error\): use another"):
+        read_checkpoint(target)
+
+
 def test_the_intact_file_verifies_and_round_trips(saved):
     path, model, optimizer, ema = saved
     tensors, meta = read_checkpoint(path)
@@ -105,6 +126,7 @@ def test_the_intact_file_verifies_and_round_trips(saved):
     for index, state in optimizer.state_dict()["state"].items():
         assert torch.equal(fresh_opt.state_dict()["state"][index]["momentum_buffer"], state["momentum_buffer"])
     assert torch.equal(extra["torch_rng"], tensors["extra.torch_rng"])
+    load_training_state(path, create_model("parnet_tiny", **META["model_kwargs"]))  # the model alone
 
 
 def test_load_model_takes_the_model_or_the_ema_weights(saved, tmp_path):
@@ -127,7 +149,7 @@ def test_not_a_nondeep_checkpoint_is_refused(tmp_path):
 
     path = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, path, metadata={"nondeep": json.dumps({"format": "something-else"})})
-    with pytest.raises(CheckpointError, match="not a nondeep checkpoint"):
+    with pytest.raises(CheckpointError, match="not a nondeep checkpoint \\(format 'something-else'\\)"):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.safetensors")
@@ -179,3 +201,4 @@ def test_load_model_checks_the_class_count(tmp_path):
         load_model(path, num_classes=5)
     assert load_model(path, num_classes=10)[0].num_classes == 10
     assert load_model(path)[0].num_classes == 10
+    assert next(load_model(path, map_location="meta")[0].parameters()).is_meta  # map_location is applied
