@@ -285,7 +285,10 @@ def test_lab_mimic_end_to_end(teacher, tmp_path, capsys):
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "mimic_acc" in printed and ("MET" in printed)
+    report_targets = json.loads((results / "mimic.json").read_text())["targets"]
+    for t in report_targets:  # each target's line says MET or NOT MET as its computed flag says
+        assert ("NOT MET: " if not t["met"] else "MET: ") + t["target"] in printed
+    assert "mimic_acc" in printed
     for folder in (out, results):
         for ext in ("json", "md", "png"):
             assert (folder / f"mimic.{ext}").is_file(), (folder, ext)
