@@ -253,3 +253,47 @@ def test_streams_graph_on_a_model_without_streams_fails_on_a_gpu():
     with pytest.raises(NotStreamParallelError):
         optimize(create_model("preact_resnet_20", in_chans=1), torch.randn(1, 1, 28, 28), device="cuda",
                  forms=["streams_graph"])
+
+
+# ------------------------------------------------------------------------------------------------ the script
+def _latency_script():
+    import importlib.util
+    import sys
+    from pathlib import Path
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_latency_script", folder / "bench_latency.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+def test_latency_script_runs_end_to_end_on_a_cpu(tmp_path, monkeypatch):
+    """The GPU script's CPU-runnable path: the same code with --device cpu on two small models writes a JSON
+    whose rows pass check_row and a markdown with the targets, the output checks and the roof."""
+    script = _latency_script()
+    # The roof is measured elsewhere (test_roof_*); a fixed one keeps this plumbing test free of the load.
+    fixed = Roof("cpu", 2, [RoofComponent("conv", "float32", "torch", "fixed", 1e4, 2)])
+    monkeypatch.setattr(script, "measure_roof", lambda *args, **kwargs: fixed)
+    assert script.main(["--device", "cpu", "--models-224", "--models-28", "parnet_tiny", "preact_resnet_20",
+                        "--compile-models", "--repeats", "2", "--warmup", "0", "--threads", "2",
+                        "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "latency.json").read_text())
+    rows = results["rows"]
+    for row in rows:
+        check_row(row)
+    assert {r["model"] for r in rows} == {"parnet_tiny", "preact_resnet_20"}
+    tiny_forms = {(r["form"], r["threads"]) for r in rows if r["model"] == "parnet_tiny"}
+    assert tiny_forms == {("fused", 2), ("eager", 1), ("channels_last", 2), ("channels_last", 1),
+                          ("onnxruntime", 2), ("onnxruntime", 1), ("streams", 2)}
+    assert all(r["rel_err"] <= r["tolerance"] for r in rows if "rel_err" in r)
+    assert results["meta"]["cpu_model"] and len(results["meta"]["loadavg_after"]) == 3
+    text = (tmp_path / "latency.md").read_text()
+    assert "parnet_tiny vs preact_resnet_20" in text and "output checks:" in text and "roof" in text
+    # --render rewrites the markdown from the JSON alone
+    (tmp_path / "latency.md").unlink()
+    assert script.main(["--render", str(tmp_path / "latency.json"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "latency.md").read_text() == text

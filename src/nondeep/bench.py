@@ -237,6 +237,7 @@ def time_candidates(candidates: Sequence[Candidate], batch_size: int = 1, repeat
     device = resolve_device(device)
     threads = threads or torch.get_num_threads()
     info = device_info(device)
+    measured_here = roof is None and not peak_gflops
     with intra_op_threads(threads):
         if roof is None:
             if peak_gflops:
@@ -261,6 +262,10 @@ def time_candidates(candidates: Sequence[Candidate], batch_size: int = 1, repeat
     date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     with torch.inference_mode():
         times, load = time_sections(sections, repeats, warmup, device, rounds)
+    if measured_here:  # measured again after: the roof is the best rate seen in the run
+        with intra_op_threads(threads):
+            roof = roof.merge(measure_roof(device, tuple({c.precision for c in candidates}), threads,
+                                           onnxruntime=any(c.form == "onnxruntime" for c in candidates)))
     rows: list[dict[str, Any]] = []
     for i, c in enumerate(candidates):
         lat = summarize(times[i], batch_size)
@@ -281,6 +286,13 @@ def time_candidates(candidates: Sequence[Candidate], batch_size: int = 1, repeat
             "torch_version": torch.__version__, "date": date, **c.extra,
         })
     return rows
+
+
+def _strict_float32(fn: Callable[[torch.Tensor], Any], device: torch.device) -> Callable[[torch.Tensor], Any]:
+    def run(x: torch.Tensor) -> Any:
+        with precision_flags("float32", device):
+            return fn(x)
+    return run
 
 
 def runner_candidate(runner: Runner, model: str, input_size: Sequence[int], flops: int, params: int,
@@ -305,6 +317,7 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
                     precisions: Sequence[str] = ("float32",), in_chans: int | None = None,
                     num_classes: int | None = None, peak_gflops: float | None = None, roof: Roof | None = None,
                     model_name: str | None = None, rounds: int | None = None, quiet_wait_s: float = 0.0,
+                    thread_counts: Sequence[int] | None = None,
                     failures: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Time one model's inference forms at each batch size; one row (dict, see ROW_FIELDS) per (batch, form,
     precision).
@@ -320,7 +333,10 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
         in each of `precisions`; `compile` adds "compiled" and `stream_parallel` adds "streams". A form the
         device cannot run is a NondeepError; a streams form on a model without streams is skipped (logged).
         Each form's output is compared with the fused float32 eager model's on the timed input (`rel_err`,
-        `tolerance` in its rows); a form that fails to build is logged and appended to `failures`.
+        `tolerance` in its rows); a form that fails to build is logged and appended to `failures`. An item
+        "FORM:PRECISION" (e.g. "compiled_graph:float16") is built in that precision only.
+    thread_counts: on a CPU, the intra-op thread counts of the torch and ONNX Runtime forms (default
+        [threads]); each count is a timing section of its own. Compiled and streams forms use `threads`.
     repeats/warmup: timed/untimed calls per form and batch size (see time_candidates for the sections).
     roof / peak_gflops: the roof; default measured now (nondeep.inference.roof.measure_roof).
     quiet_wait_s: wait up to this long for other processes to leave the CPUs before timing.
@@ -348,23 +364,26 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
         fusable = _has_fusable_blocks(model)
         eager = reparameterize_model(model) if fusable else model
         wanted = []
-        for form in forms:
-            for precision in precisions:
-                if form == "eager" and precision == "float32":
-                    continue  # that is the fused (or eager) row itself
-                try:
-                    check_form(form, device, eager, precision)
-                except NotStreamParallelError:
-                    log.warning("%s has no parallel streams: no %s row", label, form)
-                    continue
-                wanted.append((form, precision))
+        for item in forms:
+            form, _, only = item.partition(":")
+            for precision in ([resolve_precision(only)] if only else precisions):
+                for count in (thread_counts or [threads]) if device.type == "cpu" and not (
+                        INFERENCE_FORMS.get(form) and INFERENCE_FORMS[form].streams or form == "compiled") else [threads]:
+                    if form == "eager" and precision == "float32" and count == threads:
+                        continue  # that is the fused (or eager) row itself
+                    try:
+                        check_form(form, device, eager, precision)
+                    except NotStreamParallelError:
+                        log.warning("%s has no parallel streams: no %s row", label, form)
+                        continue
+                    wanted.append((form, precision, count))
         base = [("fused" if fusable else "eager", eager)] + ([("unfused", model)] if fusable and fused_and_unfused
                                                               else [])
         flops, params = measure.count_flops(eager, size), measure.count_params(eager)
         example = torch.randn(1, *size)
-        for form, precision in wanted:
+        for form, precision, count in wanted:
             try:
-                runners.append(build_runner(eager, form, device, precision, threads, example))
+                runners.append(build_runner(eager, form, device, precision, count, example))
             except NondeepError:
                 raise
             except Exception as err:  # a compiler or a capture that fails: report it, time the rest
@@ -377,8 +396,12 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
             m.to(device=device, memory_format=memory_format)
         candidates = [module_candidate(m, label, form, size, depth=depth, channels_last=channels_last)
                       for form, m in reversed(base)]
+        if device.type == "cuda":  # strict float32 (cuDNN would use TF32 by default): what "float32" says
+            for c in candidates:
+                c.fn = _strict_float32(c.fn, device)
         candidates += [runner_candidate(r, label, size, flops, params, depth) for r in runners]
-        if roof is None and not peak_gflops:
+        measured_here = roof is None and not peak_gflops
+        if measured_here:
             roof = measure_roof(device, tuple(precisions), threads, onnxruntime=any(
                 r.form == "onnxruntime" for r in runners))
     try:
@@ -400,10 +423,24 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
                     log.warning("%s: form %s (%s) differs from the fused eager model by %.3g (relative; tolerance "
                                 "%g) at batch %d", label, r.form, r.precision, err, TOLERANCE[r.precision], batch)
             rows += batch_rows
+        if measured_here:  # measured again after: the roof is the best rate seen in the run
+            with intra_op_threads(threads):
+                refresh_roof(rows, roof.merge(measure_roof(device, tuple(precisions), threads, onnxruntime=any(
+                    r.form == "onnxruntime" for r in runners))))
     finally:
         for r in runners:
             r.close()
     return rows
+
+
+def refresh_roof(rows: Sequence[dict[str, Any]], roof: Roof) -> None:
+    """Set each row's roof fields from `roof` (e.g. a run's roof merged with one measured after the run)."""
+    for row in rows:
+        if row["roof_components"] and all(k.startswith("given") for k in row["roof_components"]):
+            continue  # a roof the caller gave stays
+        row["roof_gflops"] = roof.gflops(row["precision"])
+        row["roof_components"] = roof.components_for(row["precision"])
+        row["roof_fraction"] = row["achieved_gflops"] / row["roof_gflops"]
 
 
 def check_row(row: dict[str, Any]) -> None:
@@ -452,6 +489,6 @@ def machine_description() -> str:
 
 
 __all__ = ["benchmark_model", "build_model", "resolve_device", "Candidate", "module_candidate",
-           "runner_candidate", "time_candidates", "time_interleaved", "time_sections", "summarize", "check_row", "speedup",
+           "runner_candidate", "refresh_roof", "time_candidates", "time_interleaved", "time_sections", "summarize", "check_row", "speedup",
            "cpu_busy_fraction", "wait_for_quiet", "machine_description", "FORMS", "ROW_FIELDS", "TABLE_COLUMNS",
            "DEFAULT_REPEATS", "DEFAULT_WARMUP"]
