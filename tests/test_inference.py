@@ -15,6 +15,7 @@ from nondeep.cli import main
 from nondeep.errors import NondeepError
 from nondeep.inference import (CPU_FORMS, FORMS, GPU_FORMS, TOLERANCE, build_runner, fastest_candidate,
                                measure_roof, optimize, relative_error)
+from nondeep.inference.forms import precision_flags
 from nondeep.inference.roof import Roof, RoofComponent, device_info
 from nondeep.parallel import DeviceUnavailableError, NotStreamParallelError
 
@@ -225,10 +226,8 @@ def test_every_gpu_form_equals_the_fused_eager_model(form, precision):
     try:
         for batch in (1, 5, 1):
             x = torch.randn(batch, 1, 28, 28, device="cuda")
-            with torch.inference_mode():
-                torch.backends.cudnn.allow_tf32 = False
+            with torch.inference_mode(), precision_flags("float32", x.device):
                 expected = fused(x)
-                torch.backends.cudnn.allow_tf32 = True
             assert relative_error(runner(x), expected) < TOLERANCE[precision]
         if FORMS[form].graph:
             assert len(runner.graph.shapes) == 2  # one capture per shape, reused
@@ -239,8 +238,8 @@ def test_every_gpu_form_equals_the_fused_eager_model(form, precision):
 @needs_cuda
 def test_compiled_graph_and_optimize_on_a_gpu():
     model, fused = _fused_tiny()
-    fast = optimize(model, torch.randn(1, 1, 28, 28), device="cuda", forms=["graph", "streams_graph",
-                                                                          "compiled_graph"], repeats=5)
+    fast = optimize(model, torch.randn(1, 1, 28, 28), device="cuda", dtype="float16",
+                    forms=["graph", "streams_graph", "compiled_graph"], repeats=5)
     x = torch.randn(2, 1, 28, 28)
     with torch.inference_mode():
         expected = fused(x)

@@ -39,8 +39,8 @@ from torch import nn
 from . import measure
 from .errors import NondeepError
 from .models import create_model
-from .inference.forms import (FORMS as INFERENCE_FORMS, PRECISIONS, TOLERANCE, Runner, build_runner, check_form,
-                              precision_flags, relative_error, resolve_precision)
+from .inference.forms import (FORMS as INFERENCE_FORMS, PRECISIONS, TOLERANCE, ModelVariants, Runner, build_runner,
+                              check_form, precision_flags, relative_error, resolve_precision)
 from .inference.roof import Roof, RoofComponent, device_info, machine_line, measure_roof
 from .parallel import DeviceUnavailableError, NotStreamParallelError, intra_op_threads
 from .reparam import reparameterize_model
@@ -367,8 +367,9 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
         for item in forms:
             form, _, only = item.partition(":")
             for precision in ([resolve_precision(only)] if only else precisions):
-                for count in (thread_counts or [threads]) if device.type == "cpu" and not (
-                        INFERENCE_FORMS.get(form) and INFERENCE_FORMS[form].streams or form == "compiled") else [threads]:
+                one_count = device.type != "cpu" or form == "compiled" or (
+                    form in INFERENCE_FORMS and INFERENCE_FORMS[form].streams)
+                for count in [threads] if one_count else (thread_counts or [threads]):
                     if form == "eager" and precision == "float32" and count == threads:
                         continue  # that is the fused (or eager) row itself
                     try:
@@ -381,9 +382,10 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
                                                               else [])
         flops, params = measure.count_flops(eager, size), measure.count_params(eager)
         example = torch.randn(1, *size)
+        variants = ModelVariants(eager, device)  # one copy per (dtype, memory format), shared by the forms
         for form, precision, count in wanted:
             try:
-                runners.append(build_runner(eager, form, device, precision, count, example))
+                runners.append(build_runner(eager, form, device, precision, count, example, variants))
             except NondeepError:
                 raise
             except Exception as err:  # a compiler or a capture that fails: report it, time the rest

@@ -196,7 +196,7 @@ class Runner:
         return f"{self.form} ({self.precision}{where})"
 
 
-class _Variants:
+class ModelVariants:
     """Copies of the fused model per (dtype, memory format), made once and shared by the forms that need them."""
 
     def __init__(self, fused: nn.Module, device: torch.device) -> None:
@@ -238,7 +238,7 @@ def _onnxruntime_fn(model: nn.Module, threads: int) -> Callable[[torch.Tensor], 
 
 def build_runner(fused: nn.Module, form: str, device: str | torch.device = "cpu", precision: str = "float32",
                  threads: int | None = None, example: torch.Tensor | None = None,
-                 variants: _Variants | None = None) -> Runner:
+                 variants: ModelVariants | None = None) -> Runner:
     """Build `form` of the fused (reparameterised, eval-mode) model on `device` in `precision`, on `threads`
     intra-op threads (CPU; default torch's current count). With `example`, the form is run once on it now (a
     compile, a CUDA graph capture, an ONNX export happen then, and `build_s` is their wall time)."""
@@ -248,7 +248,7 @@ def build_runner(fused: nn.Module, form: str, device: str | torch.device = "cpu"
     precision = resolve_precision(precision)
     spec = check_form(form, device, fused, precision)
     threads = threads or torch.get_num_threads()
-    variants = variants or _Variants(fused, device)
+    variants = variants or ModelVariants(fused, device)
     dtype = PRECISIONS[precision]
     model = variants.get(dtype, spec.channels_last)
     section = _section(form, device, threads)
@@ -292,4 +292,4 @@ def build_runner(fused: nn.Module, form: str, device: str | torch.device = "cpu"
 
 
 __all__ = ["FORMS", "CPU_FORMS", "GPU_FORMS", "PRECISIONS", "TOLERANCE", "FormSpec", "Runner", "CudaGraph",
-           "build_runner", "check_form", "resolve_precision", "precision_flags", "relative_error"]
+           "ModelVariants", "build_runner", "check_form", "resolve_precision", "precision_flags", "relative_error"]

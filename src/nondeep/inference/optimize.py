@@ -11,7 +11,7 @@ from .. import measure
 from ..errors import NondeepError
 from ..parallel import is_stream_parallel_capable
 from ..reparam import reparameterize_model
-from .forms import (CPU_FORMS, FORMS, GPU_FORMS, TOLERANCE, Runner, _Variants, build_runner, check_form,
+from .forms import (CPU_FORMS, FORMS, GPU_FORMS, TOLERANCE, ModelVariants, Runner, build_runner, check_form,
                     precision_flags, relative_error, resolve_precision)
 
 
@@ -100,7 +100,7 @@ def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.
     with torch.inference_mode(), precision_flags("float32", device):
         reference = fused(x)
 
-    variants = _Variants(fused, device)
+    variants = ModelVariants(fused, device)
     runners: list[Runner] = []
     errors: list[float] = []
     timings: list[dict[str, Any]] = []
@@ -119,7 +119,8 @@ def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.
                     continue
                 entry.update(rel_err=err, build_s=runner.build_s, section=runner.section)
                 if not err <= TOLERANCE[precision]:
-                    timings.append({**entry, "status": f"rejected: relative error {err:.3g} > {TOLERANCE[precision]:g}"})
+                    status = f"rejected: relative error {err:.3g} > {TOLERANCE[precision]:g}"
+                    timings.append({**entry, "status": status})
                     runner.close()
                     continue
                 runners.append(runner)
