@@ -13,7 +13,8 @@ from nondeep import create_model, reparameterize_model
 from nondeep.bench import benchmark_model, check_row
 from nondeep.cli import main
 from nondeep.errors import NondeepError
-from nondeep.inference import (CPU_FORMS, FORMS, GPU_FORMS, TOLERANCE, build_runner, fastest_candidate,
+from nondeep.inference import (CPU_FORMS, FORMS, GPU_FORMS, TOLERANCE, available_forms, build_runner,
+                               fastest_candidate,
                                measure_roof, optimize, relative_error)
 from nondeep.inference.forms import precision_flags
 from nondeep.inference.roof import Roof, RoofComponent, device_info
@@ -128,10 +129,11 @@ def test_streams_of_a_model_without_streams_fail_clearly(capsys):
 
 
 def test_default_forms_leave_out_what_the_model_cannot_run():
-    from nondeep.inference.optimize import _default_forms
     resnet = create_model("preact_resnet_20", in_chans=1)
-    assert set(_default_forms(torch.device("cpu"), resnet)) == set(CPU_FORMS) - {"streams"}
-    assert set(_default_forms(torch.device("cpu"), _fused_tiny()[1])) == set(CPU_FORMS)
+    cpu = torch.device("cpu")
+    assert set(available_forms(cpu, resnet)) == set(CPU_FORMS) - {"streams"}
+    assert set(available_forms(cpu, _fused_tiny()[1])) == set(CPU_FORMS)
+    assert set(available_forms(cpu, _fused_tiny()[1], compiled=False)) == set(CPU_FORMS) - {"compiled"}
 
 
 # ------------------------------------------------------------------------------------------------ the roof

@@ -10,7 +10,7 @@ import torch
 from .. import measure
 from ..bench import resolve_device
 from ..errors import NondeepError
-from ..inference import FORMS, optimize
+from ..inference import FORMS, available_forms, optimize
 from ..models import create_model, list_models
 from ..report import format_table
 from ..reparam import reparameterize_model
@@ -49,8 +49,10 @@ def cmd_info(args: argparse.Namespace) -> None:
             raise NondeepError(f"--threads must be >= 1, got {args.threads}")
         model = create_model(args.model, **kwargs)
         example = torch.randn(1, *(args.input_size or model.pretrained_cfg["input_size"]))
-        fast = optimize(model, example, device=resolve_device(args.device), forms=args.forms,
-                        threads=args.threads, label=args.model)
+        device = resolve_device(args.device)
+        # The compiled forms take minutes to compile on a small CPU: asked for by name (--forms).
+        forms = args.forms or available_forms(device, model, compiled=False)
+        fast = optimize(model, example, device=device, forms=forms, threads=args.threads, label=args.model)
         row["latency_ms_bs1"] = fast.latency_ms
         row["timed_form"] = f"{fast.runner.label()}, the fastest of {len(fast.timings)} tried"
         row["roof_fraction"] = fast.roof_fraction
@@ -81,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(nondeep.inference.optimize) and report its batch-1 latency (median) and every form tried")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for --latency")
     p.add_argument("--forms", nargs="+", choices=list(FORMS), metavar="FORM",
-                   help=f"the forms --latency tries (default every form the device and model can run): "
-                   f"{', '.join(FORMS)}")
+                   help=f"the forms --latency tries: {', '.join(FORMS)} (default every form the device and model "
+                   "can run except the compiled ones, which take minutes to compile on a small CPU)")
     p.add_argument("--threads", type=int, help="torch intra-op threads for timing")
     p.set_defaults(func=cmd_info)

@@ -51,8 +51,10 @@ def _default_precisions(device: torch.device, dtype: str | torch.dtype | Sequenc
     return [resolve_precision(dtype)]
 
 
-def _default_forms(device: torch.device, model: nn.Module) -> list[str]:
-    forms = list(CPU_FORMS if device.type == "cpu" else GPU_FORMS)
+def available_forms(device: torch.device, model: nn.Module, compiled: bool = True) -> list[str]:
+    """The forms `model` can run on `device` here (ONNX Runtime only where installed; streams only for a ParNet;
+    the compiled ones unless `compiled` is False)."""
+    forms = [f for f in (CPU_FORMS if device.type == "cpu" else GPU_FORMS) if compiled or not f.startswith("compiled")]
     if device.type == "cpu":
         try:
             import onnxruntime  # noqa: F401 - the form needs it; leave it out quietly when absent
@@ -89,7 +91,7 @@ def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.
     precisions = _default_precisions(device, dtype)
     fused = reparameterize_model(model) if fuse else model.eval()
     fused = fused.float().to(device)
-    forms = list(forms) if forms is not None else _default_forms(device, fused)
+    forms = list(forms) if forms is not None else available_forms(device, fused)
     for form in forms:
         for precision in precisions:
             check_form(form, device, fused, precision)  # bad input fails before any work
@@ -153,4 +155,4 @@ def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.
     return OptimizedModel(fused, runners[best], timings, summary)
 
 
-__all__ = ["optimize", "OptimizedModel"]
+__all__ = ["optimize", "OptimizedModel", "available_forms"]
