@@ -236,6 +236,15 @@ def _onnxruntime_fn(model: nn.Module, threads: int) -> Callable[[torch.Tensor], 
     return run
 
 
+def _with_precision(fn: Callable[[torch.Tensor], torch.Tensor], precision: str,
+                    device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`fn` with the precision's TF32 setting at every call (eager kernels read it per call, a capture once)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with precision_flags(precision, device):
+            return fn(x)
+    return run
+
+
 def build_runner(fused: nn.Module, form: str, device: str | torch.device = "cpu", precision: str = "float32",
                  threads: int | None = None, example: torch.Tensor | None = None,
                  variants: ModelVariants | None = None) -> Runner:
@@ -276,11 +285,7 @@ def build_runner(fused: nn.Module, form: str, device: str | torch.device = "cpu"
     if spec.graph:
         fn = graph = CudaGraph(fn, device)
     if device.type == "cuda":
-        bare = fn
-
-        def fn(x: torch.Tensor, bare=bare) -> torch.Tensor:  # noqa: E306 - TF32 per precision, at every call
-            with precision_flags(precision, device):
-                return bare(x)
+        fn = _with_precision(fn, precision, device)
     runner = Runner(form, precision, device, threads, spec.channels_last, fn, section, module=model, graph=graph,
                     extra=extra)
     if example is not None:
