@@ -172,8 +172,12 @@ def markdown(results: dict[str, Any]) -> str:
     kind = rows[0]["device"].split(":")[0]
     gpu = f"{meta['gpu']} ({meta.get('gpu_memory_gib')} GiB, CUDA {meta.get('cuda_version')}, cuDNN " \
           f"{meta.get('cudnn_version')}); host " if meta.get("gpu") else ""
-    roof = ", ".join(f"{c['kernel']} {c['precision']} {c['backend']} ({c['shape']}) {c['gflops']:.0f}"
-                     for c in results["roof"]["components"])
+    roof = ", ".join(f"{c['kernel']} {c['precision']} {c['backend']} ({c['shape']}"
+                     f"{', %d thread%s' % (c['threads'], 's' * (c['threads'] != 1)) if c.get('threads') else ''}) "
+                     f"{c['gflops']:.0f}" for c in results["roof"]["components"])
+    peak_load = max(meta["loadavg"][0], meta["loadavg_after"][0], *(r["loadavg_before"] for r in rows),
+                    *(r["loadavg_after"] for r in rows))
+    loaded = peak_load > 0.5 * (meta["cpus"] or 1)
     bad = [r for r in rows if r.get("rel_err") is not None and not r["rel_err"] <= r["tolerance"]]
     checked = [r for r in rows if r.get("rel_err") is not None]
     lines = [f"# Inference latency by form: ParNet vs ResNets ({'GPU' if kind == 'cuda' else 'CPU'})", "",
@@ -187,7 +191,13 @@ def markdown(results: dict[str, Any]) -> str:
              f"- threads: {meta['threads']} intra-op unless a row says 1; batch sizes "
              f"{sorted({r['infer_batch_size'] for r in rows})}; untrained weights (random BN statistics do not "
              "change the time)",
-             f"- roof (nondeep.inference.roof, best of 10 calls, GFLOP/s): {roof}. A row's roof is the highest "
+             *([f"- **Measured under load**: the 1-min load average reached {peak_load:.1f} on {meta['cpus']} CPUs "
+                "(other processes). Forms on 2 intra-op threads suffer most (an OpenMP team waits for a thread that "
+                "has lost its core); one-thread forms and ONNX Runtime least. Read the ratios within a model as the "
+                "ranking under contention, not as idle-machine latencies, and re-run on a quiet machine before "
+                "quoting absolute times."] if loaded else []),
+             f"- roof (nondeep.inference.roof, measured before and after the run, best of 10 calls for the large "
+             f"kernels and 30 for the short ones, GFLOP/s): {roof}. A row's roof is the highest "
              "rate measured in its precision or a more precise one; roof_fraction = achieved / roof, <= 1 by "
              "construction (checked: nondeep.bench.check_row).",
              f"- output checks: {len(checked) - len(bad)} of {len(checked)} form rows within tolerance of the fused "
