@@ -103,14 +103,22 @@ def test_gpu_modes_match_sequential(mode):
 def test_benchmark_rows_follow_the_schema():
     rows = benchmark_model("parnet_tiny", input_size=(1, 28, 28), batch_sizes=(1, 2), threads=2, repeats=3,
                            warmup=1, stream_parallel=True)
-    assert {r["form"] for r in rows} == {"unfused", "fused", "stream_parallel"} <= set(FORMS)
+    assert {r["form"] for r in rows} == {"unfused", "fused", "streams"} <= set(FORMS)
     assert len(rows) == 6
     for row in json.loads(json.dumps(rows)):  # survives JSON
         check_row(row)
         assert set(ROW_FIELDS) <= set(row)
         assert row["model"] == "parnet_tiny" and row["depth"] == 12 and row["threads"] == 2
         assert row["roof_fraction"] == pytest.approx(row["achieved_gflops"] / row["roof_gflops"])
+        # The roof is the highest of the rates measured in this run (matmul and conv, float32 on a CPU).
+        assert row["roof_gflops"] == max(row["roof_components"].values())
+        assert {k.split()[0] for k in row["roof_components"]} == {"matmul", "conv"}
+        assert row["precision"] == "float32" and row["machine"] and row["section"]
         assert row["infer_samples_per_sec"] == pytest.approx(1000 * row["infer_batch_size"] / row["infer_step_time"])
+    streams = [r for r in rows if r["form"] == "streams"]
+    assert all(r["rel_err"] <= r["tolerance"] == 1e-5 for r in streams)
+    # The streams form switches thread counts inside its calls: it is timed in a section of its own.
+    assert {r["section"] for r in streams}.isdisjoint({r["section"] for r in rows if r["form"] != "streams"})
     fused = next(r for r in rows if r["form"] == "fused")
     unfused = next(r for r in rows if r["form"] == "unfused")
     assert fused["param_count"] < unfused["param_count"] and fused["infer_gmacs"] < unfused["infer_gmacs"]
