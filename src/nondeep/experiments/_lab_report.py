@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from ..plots import plot_errorbars, plot_curves
 from ..report import format_table, write_json, write_text
 from ..stats import estimate, welch
-from ._lab import describe_machine
+from ._lab import Budget, describe_machine, lab_meta
 
 ACCURACY = "test_accuracy"  # what a lab compares: the final model's test accuracy (nothing chosen on test)
 # per-model columns taken from the first seed's row (the same for every seed of a model)
@@ -58,6 +58,14 @@ def compare(per_seed: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]]
     for row in per_seed:
         values.setdefault(row["model"], []).append(row[ACCURACY])
     return [welch(values[a], values[b], a, b).as_dict() for a, b in pairs]
+
+
+def lab_report(name: str, budget: Budget, command: Sequence[str], started: float, per_seed: list[dict[str, Any]],
+               rows: list[dict[str, Any]], pairs: Sequence[tuple[str, str]], **meta: Any) -> dict[str, Any]:
+    """The report a lab publishes: meta (command, budget, machine, date, `meta`), per-model rows, per-seed runs
+    and the comparison of each (a, b) in `pairs`."""
+    return {"meta": lab_meta(name, budget, command, started, **meta), "rows": rows, "runs": per_seed,
+            "comparisons": compare(per_seed, pairs)}
 
 
 def budget_note(rows: Sequence[dict[str, Any]]) -> str:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..models.blocks import BLOCK_TYPES
-from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, lab_folder, lab_meta,
+from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, lab_folder,
                    latency_by_model, model_cost, run_all)
-from ._lab_report import aggregate, compare, publish
+from ._lab_report import aggregate, lab_report, publish
 from .streams import INPUT_SIZE, parnet_for_budget
 
 NAME = "blocks"
@@ -43,11 +43,9 @@ def run_blocks_lab(out: str | Path | None = None, block_types: Sequence[str] = B
     rows = aggregate(per_seed, latency_by_model(per_seed, budget.threads),
                      extra_columns=["block_type", "width_multiplier"])
     reference = next((r.label for r in runs if r.columns["block_type"] == "rep_sse"), runs[0].label)
-    report = {"meta": lab_meta(NAME, budget, [*command, "--block-types", *block_types, "--base", base,
-                                              "--match", match, *budget.flags()], started,
-                               matched=match, match_target=target),
-              "rows": rows, "runs": per_seed,
-              "comparisons": compare(per_seed, [(r.label, reference) for r in runs if r.label != reference])}
+    report = lab_report(NAME, budget, [*command, "--block-types", *block_types, "--base", base,
+                        "--match", match, *budget.flags()], started, per_seed, rows,
+                        [(r.label, reference) for r in runs if r.label != reference], matched=match, match_target=target)
     notes = ("Each block type takes the width multiplier whose net is closest to the rep_sse net's matched "
              "quantity. params: training form; fused_params: after reparameterisation. latency_ms is the fused "
              "model's batch-1 median, all models timed side by side; rep_sse keeps its gated BN branch after fusion.")

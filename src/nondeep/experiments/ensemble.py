@@ -21,8 +21,8 @@ from ..data import build_test_loader
 from ..reparam import reparameterize_model
 from ..train.evaluate import evaluate
 from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, checkpoint_candidate, lab_folder,
-                   lab_meta, model_cost, run_all, time_side_by_side)
-from ._lab_report import aggregate, compare, publish
+                   model_cost, run_all, time_side_by_side)
+from ._lab_report import aggregate, lab_report, publish
 from .streams import INPUT_SIZE, parnet_for_budget
 
 NAME = "ensemble"
@@ -82,10 +82,9 @@ def run_ensemble_lab(out: str | Path | None = None, members: int = 3, base: str 
                                  module_candidate(load_ensemble(first_members), label, "fused", INPUT_SIZE)],
                                 threads=budget.threads)
     rows = aggregate(per_seed, {k: v["infer_step_time"] for k, v in latency.items()}, extra_columns=["kind"])
-    report = {"meta": lab_meta(NAME, budget, [*command, "--members", str(members), "--base", base,
-                                              "--match", match, *budget.flags()], started,
-                               matched=match, match_target=total),
-              "rows": rows, "runs": per_seed, "comparisons": compare(per_seed, [(label, parnet.label)])}
+    report = lab_report(NAME, budget, [*command, "--members", str(members), "--base", base,
+                        "--match", match, *budget.flags()], started, per_seed, rows,
+                        [(label, parnet.label)], matched=match, match_target=total)
     notes = ("The ensemble averages its members' softmax; its latency runs the fused members one after the other; "
              "the N-stream ParNet and the ensemble are timed side by side (batch 1). Its params, MFLOPs and steps "
              "are the members' sums.")

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..models import create_model
-from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, cost_of, lab_folder, lab_meta,
+from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, cost_of, lab_folder,
                    latency_by_model, match_budget, model_cost, run_all)
-from ._lab_report import aggregate, compare, publish
+from ._lab_report import aggregate, lab_report, publish
 
 NAME = "streams"
 DEFAULT_STREAMS = (1, 2, 3)
@@ -60,11 +60,9 @@ def run_streams_lab(out: str | Path | None = None, streams: Sequence[int] = DEFA
     rows = aggregate(per_seed, latency_by_model(per_seed, budget.threads),
                      extra_columns=["num_streams", "width_multiplier"])
     reference = max(runs, key=lambda r: r.columns["num_streams"]).label  # the most streams: the paper's choice
-    report = {"meta": lab_meta(NAME, budget, [*command, "--streams", *map(str, streams), "--base", base,
-                                              "--match", match, *budget.flags()], started,
-                               matched=match, match_target=target),
-              "rows": rows, "runs": per_seed,
-              "comparisons": compare(per_seed, [(r.label, reference) for r in runs if r.label != reference])}
+    report = lab_report(NAME, budget, [*command, "--streams", *map(str, streams), "--base", base,
+                        "--match", match, *budget.flags()], started, per_seed, rows,
+                        [(r.label, reference) for r in runs if r.label != reference], matched=match, match_target=target)
     notes = ("Each stream count uses the width multiplier whose model is closest to the matched quantity (widths "
              "are multiples of 8). Depth is measured; latency_ms is the fused model's batch-1 median with the "
              "streams run one after the other, one checkpoint per model, all timed side by side.")

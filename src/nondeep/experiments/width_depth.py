@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..models import create_model
-from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, cost_of, lab_folder, lab_meta,
+from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, cost_of, lab_folder,
                    latency_by_model, match_budget, model_cost, run_all)
-from ._lab_report import aggregate, compare, publish
+from ._lab_report import aggregate, lab_report, publish
 
 NAME = "width-depth"
 DEFAULT_DEPTHS = (10, 16, 28, 40)
@@ -50,11 +50,9 @@ def run_width_depth_lab(out: str | Path | None = None, depths: Sequence[int] = D
     folder = lab_folder(out, NAME)
     per_seed = run_all(folder, runs, budget)
     rows = aggregate(per_seed, latency_by_model(per_seed, budget.threads), extra_columns=["widen_factor"])
-    report = {"meta": lab_meta(NAME, budget, [*command, "--depths", *map(str, depths), "--parnet", parnet,
-                                              "--match", match, *budget.flags()], started,
-                               matched=match, match_target=target),
-              "rows": rows, "runs": per_seed,
-              "comparisons": compare(per_seed, [(run.label, parnet) for run in runs[1:]])}
+    report = lab_report(NAME, budget, [*command, "--depths", *map(str, depths), "--parnet", parnet,
+                        "--match", match, *budget.flags()], started, per_seed, rows,
+                        [(run.label, parnet) for run in runs[1:]], matched=match, match_target=target)
     notes = ("Each WRN-n-k takes the k whose model is closest to the ParNet's parameters or FLOPs (the matched "
              "quantity above). Depth is measured (longest conv/linear path); latency_ms is the fused model's batch-1 "
              "median, one checkpoint per model, all timed side by side in interleaved rounds.")
