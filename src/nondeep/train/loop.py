@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import io
 import os
 import signal
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -26,12 +28,14 @@ from .. import measure
 from ..checkpoint import load_training_state, save_checkpoint
 from ..data import Augment, DataInfo, build_loaders
 from ..errors import NondeepError
-from ..models import create_model
 from ..report import remove_stale_temp_files, write_json, write_text
 from ..reparam import reparameterize_model
+from ..runlock import RunLock, check_folder_is_ours
 from .config import TrainConfig
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at
+from .preflight import (build_model, check_out_path, check_resume_fits, fit_batches, fitted_config,
+                        model_kwargs_for)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5", "lr",
                   "epoch_seconds", "train_images_per_sec"]
@@ -50,7 +54,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM ask the loop to checkpoint at the next step boundary and exit cleanly."""
+    """SIGINT/SIGTERM ask the loop to checkpoint at the next step boundary and exit cleanly; a second SIGINT
+    (Ctrl-C again) raises KeyboardInterrupt at once (atomic writes keep the last checkpoint whole)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -65,7 +70,11 @@ class _StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signal = signum
+        print(f"\nnondeep: {signal.Signals(signum).name}: saving a checkpoint after this step and stopping "
+              f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -83,14 +92,23 @@ LoaderFactory = Callable[[torch.device, int, int], "tuple[Iterable, Iterable, Da
 
 
 def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
-          run_meta: dict[str, Any] | None = None, loaders: LoaderFactory | None = None) -> dict[str, Any]:
+          run_meta: dict[str, Any] | None = None, loaders: LoaderFactory | None = None,
+          force: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`; returns the summary also written to <out>/summary.json.
 
     loss_fn(logits, labels, sample_indices, images) replaces the label cross-entropy (distillation); when it
     has `needs_indices = True` the loader also yields each sample's training-set index. run_meta (JSON-able)
     is stored in the checkpoints and the summary. loaders(device, rank, world_size), when given, replaces
     build_loaders (distillation's fixed transfer set); cfg's data and augmentation fields are then unused here.
+    The run holds a lock on its folder while it writes (a second run into it is refused); force: write into
+    an existing folder that holds files nondeep did not write.
     """
+    with ExitStack() as held:  # the run folder's lock, released however the run ends
+        return _train(cfg, resume, loss_fn, run_meta, loaders, force, held)
+
+
+def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dict[str, Any] | None,
+           loaders: LoaderFactory | None, force: bool, held: ExitStack) -> dict[str, Any]:
     cfg.validate()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -117,6 +135,8 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
                            f"another --out (nothing was overwritten)")
     if resume and not last_path.exists():
         raise NondeepError(f"--resume: no checkpoint at {last_path}; start without --resume or fix --out")
+    check_out_path(out)
+    check_folder_is_ours(out, force=force or resume)
 
     # Data
     if loaders is not None:
@@ -127,11 +147,13 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
             cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
             augment=augment, val_split=cfg.val_split, max_train_samples=cfg.max_train_samples, device=device,
             seed=cfg.seed, rank=rank, world_size=world_size, num_workers=cfg.num_workers,
-            with_indices=getattr(loss_fn, "needs_indices", False))
+            with_indices=getattr(loss_fn, "needs_indices", False), image_size=cfg.image_size,
+            in_chans=cfg.in_chans, fit_batches=functools.partial(fit_batches, cfg, device))
+        cfg = fitted_config(cfg, train_loader.batch_size, eval_loader.batch_size)  # lowered if out of memory
 
     # Model, optimizer, EMA
-    model_kwargs = {"num_classes": info.num_classes, "in_chans": info.in_chans, **cfg.model_kwargs}
-    model = create_model(cfg.model, **model_kwargs).to(device)
+    model_kwargs = model_kwargs_for(cfg, info)
+    model = build_model(cfg.model, model_kwargs).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, cfg)
@@ -143,7 +165,8 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
     partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
     nan_steps = 0
     if resume:
-        meta, extra = load_training_state(last_path, model, optimizer, ema)
+        meta, extra = load_training_state(last_path, model, optimizer, ema, expect=lambda meta: check_resume_fits(
+            last_path, meta, cfg, model_kwargs, info))
         step, start_epoch, start_batch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         history, best_top1, nan_steps = meta["history"], meta["best_top1"], meta.get("nan_steps", 0)
         partial = meta["partial_epoch"]
@@ -169,7 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
                             extra_tensors={"torch_rng": torch.get_rng_state()})
 
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        held.enter_context(RunLock(out))  # makes the folder; refused while another run writes it
         remove_stale_temp_files(out)  # half-written files of a killed run; the finished ones are untouched
         write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     board = _tensorboard_writer(out) if is_main else None
@@ -253,7 +276,8 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
                     save(best_path, epoch + 1, 0, partial)
                 save(last_path, epoch + 1, 0, partial)
                 last_save = time.monotonic()
-            if stopped_by:
+            if stop.signal:  # also when it came during the evaluation: the epoch's checkpoint is saved
+                stopped_by = signal.Signals(stop.signal).name
                 break
     if board is not None:
         board.close()
@@ -286,15 +310,18 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None, eval_loader: Iterable,
             info: DataInfo, device: torch.device, history: list[dict[str, Any]], train_start: float,
             stopped_by: str | None, nan_steps: int, run_meta: dict[str, Any] | None) -> dict[str, Any]:
-    """Evaluate the final model and its fused form; write summary.json and the training curves."""
+    """Evaluate the final model and its fused form (not when the run was interrupted: resuming finishes it);
+    write summary.json and the training curves."""
     final = ema.module if ema is not None else model
-    metrics = evaluate(final, eval_loader, device)
+    skipped = {"eval_top1": None, "eval_top5": None}
+    metrics = evaluate(final, eval_loader, device) if not stopped_by else skipped
     fused = reparameterize_model(final)
-    fused_metrics = evaluate(fused, eval_loader, device)
+    fused_metrics = evaluate(fused, eval_loader, device) if not stopped_by else skipped
     input_size = (info.in_chans, *info.image_size)
     summary = {
         "model": cfg.model, "data": info.name, "eval_split": "val" if cfg.val_split > 0 else "test",
         "epochs": len(history), "epochs_planned": cfg.epochs, "stopped_by": stopped_by,
+        "interrupted": stopped_by is not None,
         "test_accuracy": metrics["eval_top1"], "fused_test_accuracy": fused_metrics["eval_top1"],
         "test_top5": metrics["eval_top5"], "best_test_accuracy": max((r["eval_top1"] for r in history), default=None),
         "params": measure.count_params(final), "fused_params": measure.count_params(fused),
