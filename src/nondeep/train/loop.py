@@ -57,7 +57,8 @@ class _StopRequest:
     """SIGINT/SIGTERM ask the loop to checkpoint at the next step boundary and exit cleanly; a second SIGINT
     (Ctrl-C again) raises KeyboardInterrupt at once (atomic writes keep the last checkpoint whole)."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -71,7 +72,9 @@ class _StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            kept = (f"the last checkpoint ({self.checkpoint}) is intact: continue with --resume"
+                    if self.checkpoint.exists() else "no checkpoint was saved yet")
+            raise KeyboardInterrupt(f"at once; {kept}")
         self.signal = signum
         print(f"\nnondeep: {signal.Signals(signum).name}: saving a checkpoint after this step and stopping "
               f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
@@ -152,7 +155,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
         cfg = fitted_config(cfg, train_loader.batch_size, eval_loader.batch_size)  # lowered if out of memory
 
     # Model, optimizer, EMA
-    model_kwargs = model_kwargs_for(cfg, info)
+    model_kwargs = model_kwargs_for(cfg, info.num_classes, info.in_chans)
     model = build_model(cfg.model, model_kwargs).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -199,7 +202,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
     train_start = time.perf_counter() - sum(row["epoch_seconds"] for row in history)
     last_save = time.monotonic()
     stopped_by = None
-    with _StopRequest() as stop:
+    with _StopRequest(last_path) as stop:
         for epoch in range(start_epoch, cfg.epochs):
             train_loader.set_epoch(epoch, start_batch)
             train_model.train()
