@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -158,6 +159,11 @@ def _clean(err: DatasetError) -> DatasetError:
     return DatasetError(text.strip().splitlines()[-1].split("DatasetError: ", 1)[-1])
 
 
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C in a terminal reaches the workers too; the trainer alone decides (it checkpoints and stops)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class FolderLoader:
     """A DataLoader yielding (normalised float images, int64 labels) on `device`, with set_epoch."""
 
@@ -169,7 +175,7 @@ class FolderLoader:
         self.num_samples = len(dataset) if world_size == 1 else shard_size(len(dataset), world_size)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
                                  num_workers=num_workers, pin_memory=device.type == "cuda",
-                                 persistent_workers=num_workers > 0)
+                                 persistent_workers=num_workers > 0, worker_init_fn=_ignore_ctrl_c)
         self.dataset = dataset
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

@@ -51,7 +51,8 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, data_dir: str
     else:
         size = {}
     if batch_size is None:
-        image = (int(trained.get("in_chans", model.in_chans)), *map(int, trained.get("image_size", (224, 224))))
+        image = (int(trained.get("in_chans", getattr(model, "in_chans", 3))),
+                 *map(int, trained.get("image_size", (224, 224))))
         batch_size = eval_batch_for(EVAL_BATCH, activation_bytes(model, image)[1], device)
     _, eval_loader, info = build_loaders(data, data_dir=data_dir, batch_size=batch_size, eval_batch_size=batch_size,
                                          device=device, **size)

@@ -10,7 +10,6 @@ import functools
 import io
 import os
 import signal
-import sys
 import time
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -76,8 +75,9 @@ class _StopRequest:
                     if self.checkpoint.exists() else "no checkpoint was saved yet")
             raise KeyboardInterrupt(f"at once; {kept}")
         self.signal = signum
-        print(f"\nnondeep: {signal.Signals(signum).name}: saving a checkpoint after this step and stopping "
-              f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        # os.write, not print: the handler may have interrupted a print to stderr (the progress bar)
+        os.write(2, f"\nnondeep: {signal.Signals(signum).name}: saving a checkpoint after this step and stopping "
+                    f"(Ctrl-C again to quit at once)\n".encode())
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():

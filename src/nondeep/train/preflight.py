@@ -131,8 +131,8 @@ def _fit(batch: int, bytes_per_image: float, budget: float) -> int:
 
 def fitted_config(cfg: TrainConfig, batch_size: int, eval_batch_size: int) -> TrainConfig:
     """cfg with the batch sizes the loaders use; a lowered training batch lowers the lr in proportion."""
-    return dataclasses.replace(cfg, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                               lr=cfg.lr * batch_size / cfg.batch_size)
+    lr = cfg.lr if batch_size == cfg.batch_size else cfg.lr * batch_size / cfg.batch_size
+    return dataclasses.replace(cfg, batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr)
 
 
 def check_resume_fits(path: Path, meta: dict[str, Any], cfg: TrainConfig, model_kwargs: dict[str, Any],
