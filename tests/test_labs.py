@@ -11,7 +11,9 @@ from torch import nn
 from nondeep import measure
 from nondeep.cli import main
 from nondeep.errors import NondeepError
-from nondeep.experiments._lab import Budget, match_params
+from nondeep.experiments._lab import Budget, LabError, match_budget
+from nondeep.experiments._lab_report import compare
+from nondeep.stats import estimate, welch
 from nondeep.experiments.blocks import run_blocks_lab
 from nondeep.experiments.ensemble import SoftmaxEnsemble, run_ensemble_lab
 from nondeep.experiments.pareto import dominates, pareto_front, run_pareto_lab
@@ -19,21 +21,29 @@ from nondeep.experiments.streams import run_streams_lab
 from nondeep.experiments.width_depth import run_width_depth_lab, wrn_for_budget
 from nondeep.models import create_model
 
-ROW_KEYS = {"model", "depth", "params", "mflops", "test_accuracy", "latency_ms", "checkpoint"}
+def tiny_budget(data_dir, seeds: int = 2) -> Budget:
+    return Budget(epochs=1, max_train_samples=64, seeds=seeds, data_dir=str(data_dir), progress=False)
 
 
-def tiny_budget(data_dir) -> Budget:
-    return Budget(epochs=1, max_train_samples=64, data_dir=str(data_dir), progress=False)
-
-
-def check_written(folder, name, n_rows):
+def check_written(folder, name, models, seeds):
+    """The report has one row per model, one per (model, seed) run, intervals and computed verdicts."""
     report = json.loads((folder / f"{name}.json").read_text())
-    assert len(report["rows"]) == n_rows
+    assert [r["model"] for r in report["rows"]] == models
+    assert sorted((r["model"], r["seed"] % 1000) for r in report["runs"]) == sorted(
+        (m, s) for m in models for s in range(seeds))
+    for row in report["rows"]:
+        accs = [r["test_accuracy"] for r in report["runs"] if r["model"] == row["model"]]
+        assert row["test_accuracy"] == pytest.approx(sum(accs) / len(accs)) and row["seeds"] == seeds
+        assert row["ci95"] == pytest.approx(estimate(accs).half_width)
     assert report["meta"]["command"].startswith(f"nondeep lab {name}")
-    assert {"cpu", "cores", "threads", "torch"} <= set(report["meta"]["machine"])
-    assert (folder / f"{name}.png").stat().st_size > 1000
+    assert report["meta"]["seed_list"] == list(range(seeds))
+    assert {"cpu", "cores", "threads", "torch", "load_average"} <= set(report["meta"]["machine"])
+    for suffix in (".png", "-curves.png"):
+        assert (folder / f"{name}{suffix}").stat().st_size > 1000
     markdown = (folder / f"{name}.md").read_text()
-    assert report["meta"]["command"] in markdown and "| model" in markdown
+    assert report["meta"]["command"] in markdown
+    for comparison in report["comparisons"]:
+        assert comparison["verdict"] in markdown
     return report
 
 
@@ -44,16 +54,16 @@ def test_wide_resnet_takes_a_fractional_width():
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_match_params_finds_the_closest_count_on_a_step_function():
+def test_match_budget_finds_the_closest_count_on_a_step_function():
     class Fake(nn.Module):  # params = 10 * round(value)
         def __init__(self, value):
             super().__init__()
             self.w = nn.Parameter(torch.zeros(10 * round(value)))
 
     grid = [i / 10 for i in range(10, 200)]
-    value, count = match_params(Fake, 73, grid)
+    value, count = match_budget(Fake, 73, grid)
     assert count == 70 and round(value) == 7
-    assert match_params(Fake, 10_000, grid)[1] == 200  # beyond the grid: its last value
+    assert match_budget(Fake, 10_000, grid)[1] == 200  # beyond the grid: its last value
 
 
 def test_wrn_for_budget_lands_near_the_budget():
@@ -81,46 +91,88 @@ def test_softmax_ensemble_is_the_log_of_the_mean_probability():
     torch.testing.assert_close(SoftmaxEnsemble([a, b])(x), expected)
 
 
-def test_width_depth_lab_end_to_end(tiny_fashion, tmp_path):
+def test_width_depth_lab_end_to_end_with_seeds(tiny_fashion, tmp_path):
     report, folder = run_width_depth_lab(tmp_path / "wd", depths=(10, 16), budget=tiny_budget(tiny_fashion))
-    report = check_written(folder, "width-depth", 3)
-    rows = {r["model"]: r for r in report["rows"]}
-    assert ROW_KEYS <= set(rows["parnet_tiny"])
-    assert [r["depth"] for r in report["rows"]] == [12, 8, 14]  # measured: WRN-n-k is n - 2 deep
+    models = [r["model"] for r in report["rows"]]
+    report = check_written(folder, "width-depth", models, seeds=2)
+    assert models[0] == "parnet_tiny" and [r["depth"] for r in report["rows"]] == [12, 8, 14]  # measured
+    target = report["meta"]["match_target"]
+    assert report["meta"]["matched"] == "params" and target == report["rows"][0]["params"]
     for row in report["rows"]:
-        assert abs(row["params"] - report["meta"]["budget_params"]) / report["meta"]["budget_params"] < 0.03
+        assert abs(row["params"] - target) / target < 0.03
+    assert [(c["a"], c["b"]) for c in report["comparisons"]] == [(m, "parnet_tiny") for m in models[1:]]
+    accs = {m: [r["test_accuracy"] for r in report["runs"] if r["model"] == m] for m in models}
+    for c in report["comparisons"]:  # the reported difference is the Welch interval of these very runs
+        expected = welch(accs[c["a"]], accs[c["b"]], c["a"], c["b"])
+        assert (c["diff"], c["low"], c["high"]) == (expected.diff, expected.low, expected.high)
 
 
-def test_streams_lab_end_to_end(tiny_fashion, tmp_path):
-    report, folder = run_streams_lab(tmp_path / "st", streams=(1, 2), budget=tiny_budget(tiny_fashion),
-                                     budget_params=60_000)
-    report = check_written(folder, "streams", 2)
-    assert [r["num_streams"] for r in report["rows"]] == [1, 2]
-    assert all(abs(r["params"] - 60_000) / 60_000 < 0.25 for r in report["rows"])
+def test_a_verdict_is_computed_from_the_data_and_changes_with_it():
+    def runs(a, b):
+        return ([{"model": "A", "test_accuracy": v} for v in a] + [{"model": "B", "test_accuracy": v} for v in b])
+
+    apart = compare(runs([91.0, 91.4, 91.2], [88.0, 88.5, 88.2]), [("A", "B")])[0]
+    assert apart["decided"] and apart["verdict"].startswith("A above B by 2.97 points")
+    flipped = compare(runs([88.0, 88.5, 88.2], [91.0, 91.4, 91.2]), [("A", "B")])[0]
+    assert flipped["verdict"].startswith("B above A by 2.97 points")
+    level = compare(runs([91.0, 88.4, 90.2], [88.0, 91.5, 89.2]), [("A", "B")])[0]
+    assert not level["decided"] and "no detectable difference at this budget" in level["verdict"]
 
 
-def test_ensemble_lab_end_to_end(tiny_fashion, tmp_path):
+def test_streams_lab_matched_on_flops(tiny_fashion, tmp_path):
+    report, folder = run_streams_lab(tmp_path / "st", streams=(1, 3), budget=tiny_budget(tiny_fashion), match="flops")
+    check_written(folder, "streams", [r["model"] for r in report["rows"]], seeds=2)
+    target = report["meta"]["match_target"]
+    assert report["meta"]["matched"] == "flops" and round(target / 1e6, 2) == report["rows"][1]["mflops"]
+    assert all(abs(r["mflops"] * 1e6 - target) / target < 0.2 for r in report["rows"])
+    assert [r["num_streams"] for r in report["rows"]] == [1, 3]
+    assert report["comparisons"][0]["b"] == report["rows"][1]["model"]  # compared with the 3-stream net
+
+
+def test_ensemble_lab_scores_one_ensemble_per_seed(tiny_fashion, tmp_path):
     report, folder = run_ensemble_lab(tmp_path / "en", members=2, budget=tiny_budget(tiny_fashion))
-    report = check_written(folder, "ensemble", 4)
-    kinds = [r["kind"] for r in report["rows"]]
-    assert kinds == ["parnet", "ensemble", "member", "member"]
-    parnet, ensemble = report["rows"][:2]
-    assert abs(ensemble["params"] - parnet["params"]) / parnet["params"] < 0.15
-    assert 0 <= ensemble["test_accuracy"] <= 100 and ensemble["latency_ms"] > 0
+    models = [r["model"] for r in report["rows"]]
+    assert [r["kind"] for r in report["rows"]] == ["parnet", "member", "member", "ensemble"]
+    parnet, ensemble = report["rows"][0], report["rows"][3]
+    assert abs(ensemble["params"] - parnet["params"]) / parnet["params"] < 0.2
+    members = [r for r in report["runs"] if r["kind"] == "member"]
+    assert sorted(r["seed"] for r in members) == [0, 1, 1000, 1001]  # every member of every ensemble differs
+    assert report["comparisons"][0]["a"] == ensemble["model"] and ensemble["seeds"] == 2
+    check_written(folder, "ensemble", models, seeds=2)
 
 
-def test_blocks_lab_end_to_end_and_pareto_over_its_runs(tiny_fashion, tmp_path):
+def test_blocks_lab_matches_parameters_and_pareto_groups_by_budget(tiny_fashion, tmp_path):
     _, folder = run_blocks_lab(tmp_path / "bl", block_types=("rep_sse", "plain"), budget=tiny_budget(tiny_fashion))
-    report = check_written(folder, "blocks", 2)
+    report = json.loads((folder / "blocks.json").read_text())
     sse, plain = report["rows"]
-    assert sse["fused_params"] > plain["fused_params"]  # the SSE gate stays after fusion
-    # a plain block folds only its BN; the multi-branch block its 1x1 branches too
-    assert 0 < plain["params"] - plain["fused_params"] < sse["params"] - sse["fused_params"]
+    assert abs(plain["params"] - sse["params"]) / sse["params"] < 0.05  # matched, by a wider plain net
+    assert plain["width_multiplier"] > sse["width_multiplier"] == 1.0
+    assert plain["fused_params"] < plain["params"]  # fusion folds the plain blocks' BN into their convs
 
     pareto, out = run_pareto_lab(tmp_path, out=tmp_path / "front")
-    assert {r["run"] for r in pareto["rows"]} == {"bl/parnet_tiny rep_sse", "bl/parnet_tiny plain"}
-    assert any(r["front"] for r in pareto["rows"])
+    assert len(pareto["rows"]) == 2 and {r["seeds"] for r in pareto["rows"]} == {2}  # seeds pooled per model
+    assert {r["budget"] for r in pareto["rows"]} == {"1 epoch(s) x 64 images"}
+    best = max(pareto["rows"], key=lambda r: r["test_accuracy"])
+    fastest = min(pareto["rows"], key=lambda r: r["latency_ms"])
+    assert best["front_acc_latency"] and fastest["front_acc_latency"]  # the extremes are never dominated
     assert (out / "pareto.png").is_file() and (out / "pareto.md").is_file()
+
+
+def test_a_stopped_lab_reruns_only_the_missing_runs(tiny_fashion, tmp_path, monkeypatch):
+    from nondeep.experiments import _lab
+
+    budget = tiny_budget(tiny_fashion)
+    first, folder = run_blocks_lab(tmp_path / "bl", block_types=("plain",), budget=budget)
+    missing = _lab.run_dir(folder, first["rows"][0]["model"], 1)
+    for path in missing.iterdir():  # as if the lab had been stopped before this run finished
+        if path.is_file():
+            path.unlink()
+    trained = []
+    real_train = _lab.train
+    monkeypatch.setattr(_lab, "train", lambda cfg, resume=False: trained.append(cfg.seed) or real_train(cfg, resume))
+    again, _ = run_blocks_lab(tmp_path / "bl", block_types=("plain",), budget=budget)
+    assert trained == [1]
+    assert [r["test_accuracy"] for r in again["runs"]][0] == first["runs"][0]["test_accuracy"]
 
 
 def test_pareto_refuses_a_folder_without_runs(tmp_path):
@@ -141,7 +193,59 @@ def test_lab_commands_are_listed(capsys):
 
 def test_lab_command_line_runs(tiny_fashion, tmp_path, capsys):
     assert main(["lab", "blocks", "--block-types", "plain", "--epochs", "1", "--max-train-samples", "32",
-          "--data-dir", str(tiny_fashion), "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
-    assert "written under" in capsys.readouterr().out
+                 "--seeds", "2", "--data-dir", str(tiny_fashion), "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "written under" in printed
     report = json.loads((tmp_path / "cli" / "blocks.json").read_text())
-    assert report["meta"]["command"].endswith("--max-train-samples 32 --seed 0 --data-dir " + str(tiny_fashion))
+    assert report["meta"]["command"].endswith("--max-train-samples 32 --seeds 2 --seed 0 --val-split 0.1 --data-dir "
+                                              + str(tiny_fashion))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--match", "flops", "--budget-target", "1000"], "cannot match"),
+    (["--val-split", "0.999"], "val_split 0.999 leaves"),
+])
+def test_a_lab_refuses_bad_options_in_one_line_and_writes_nothing(tiny_fashion, tmp_path, capsys, flags, message):
+    out = tmp_path / "lab"
+    code = main(["lab", "width-depth", "--depths", "10", "--epochs", "1", "--max-train-samples", "32",
+                 "--data-dir", str(tiny_fashion), "--out", str(out), "--no-progress", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_time_to_accuracy_tunes_on_validation_and_times_on_test(tiny_fashion, tmp_path):
+    from nondeep.experiments.time_to_accuracy import run_time_to_accuracy, seconds_to_target
+
+    history = [{"epoch": 1, "epoch_seconds": 10.0, "eval_top1": 50.0}, {"epoch": 2, "epoch_seconds": 12.0, "eval_top1": 81.0}]
+    assert seconds_to_target(history, 80.0) == (22.0, 2) and seconds_to_target(history, 90.0) == (None, None)
+    budget = Budget(seeds=2, max_train_samples=64, data_dir=str(tiny_fashion), progress=False)
+    report = run_time_to_accuracy(tmp_path / "tta", ["mimic_snn_1k", "preact_resnet_20"], target=0.0,
+                                  epoch_grid=(1, 2), budget=budget)
+    assert [t["epochs_planned"] for t in report["tuning"]] == [1, 2, 1, 2]
+    for row in report["rows"]:  # target 0 is reached after the first epoch: the shortest schedule wins on val
+        assert row["epochs_chosen_on_val"] == 1 and row["seeds_reaching_target"] == "2/2"
+        for run in row["runs"]:
+            assert run["epoch_reached"] == 1
+    summary = json.loads((tmp_path / "tta" / "measure" / "mimic_snn_1k-1ep" / "seed1" / "summary.json").read_text())
+    assert summary["eval_split"] == "test" and summary["config"]["val_split"] == 0.0
+    comparison = report["comparisons"][0]
+    assert (comparison["a"], comparison["b"]) == ("preact_resnet_20", "mimic_snn_1k")
+    assert "time to target" in comparison["verdict"] or "slower to target than" in comparison["verdict"]
+    assert (tmp_path / "tta" / "time_to_accuracy.md").is_file()
+
+
+def test_the_readme_table_is_generated_from_the_reports(tmp_path, capsys):
+    report = {"meta": {"lab": "blocks", "budget_text": "2 epoch(s), seeds [0, 1, 2]", "matched": "params",
+                       "command": "nondeep lab blocks", "date": "2026-11-28T21:00:00",
+                       "machine": {"cpu": "X", "cores": 2, "threads": 1, "gpu": None, "torch": "2.14"}},
+              "rows": [{"model": "a", "test_accuracy": 91.234, "ci95": 0.5, "latency_ms": 2.0},
+                       {"model": "b", "test_accuracy": 90.0, "ci95": None}],
+              "comparisons": [{"verdict": "a vs b: no detectable difference at this budget"}]}
+    (tmp_path / "blocks.json").write_text(json.dumps(report))
+    (tmp_path / "latency.json").write_text(json.dumps({"rows": []}))  # not a lab report: skipped
+    assert main(["lab", "summary", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert len(table) == 3 and "a 91.23 ± 0.50 (2.00 ms); b 90.00" in table[2]
+    assert "matched on params" in table[2] and "no detectable difference" in table[2]

@@ -48,7 +48,7 @@ def check_tensorboard_log(folder, summary):
     events.Reload()
     eval_top1 = events.Scalars("eval_top1")
     assert [e.step for e in eval_top1] == [1, 2, 3]
-    assert eval_top1[-1].value == pytest.approx(summary["test_accuracy"], abs=1e-3)
+    assert eval_top1[-1].value == pytest.approx(summary["val_accuracy"], abs=1e-3)  # eval is validation
     assert {"train_loss", "lr", "train_images_per_sec"} <= set(events.Tags()["scalars"])
 
 

@@ -21,15 +21,16 @@ def save_figure(fig: "plt.Figure", path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Loss (train, eval) and top-1 accuracy (train, eval) against epoch."""
+def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "",
+                         eval_label: str = "eval") -> None:
+    """Loss (train, eval) and top-1 accuracy (train, eval) against epoch; eval_label names the eval split."""
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax_loss.plot(epochs, [r.get("eval_loss") for r in history], "o-", label="eval")
+    ax_loss.plot(epochs, [r.get("eval_loss") for r in history], "o-", label=eval_label)
     ax_loss.set(xlabel="epoch", ylabel="loss")
     ax_acc.plot(epochs, [r["train_top1"] for r in history], "o-", label="train")
-    ax_acc.plot(epochs, [r.get("eval_top1") for r in history], "o-", label="eval")
+    ax_acc.plot(epochs, [r.get("eval_top1") for r in history], "o-", label=eval_label)
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -56,22 +57,58 @@ def plot_scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: str | P
     save_figure(fig, path)
 
 
-def plot_front(points: Sequence[dict[str, Any]], x: str, y: str, front: str, path: str | Path, label: str = "model",
-               annotate: str | None = None, title: str = "", xlabel: str | None = None,
-               ylabel: str | None = None) -> None:
-    """All points, the ones flagged by `front` drawn larger and joined (a Pareto front: lower x, higher y);
-    each labelled by `label` (front points) and `annotate` (all points, e.g. depth)."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    on = sorted((p for p in points if p[front]), key=lambda p: p[x])
-    off = [p for p in points if not p[front]]
-    ax.scatter([p[x] for p in off], [p[y] for p in off], color="tab:grey", alpha=0.6, label="dominated")
-    ax.plot([p[x] for p in on], [p[y] for p in on], "o-", color="tab:red", label="Pareto front")
-    for p in points:
-        text = str(p[label]) if p[front] else ""
-        if annotate is not None:
-            text = f"{text} [{p[annotate]}]" if text else f"[{p[annotate]}]"
-        ax.annotate(text, (p[x], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+def plot_fronts(points: Sequence[dict[str, Any]], x: str, y: str, yerr: str, group: str, front: str,
+                path: str | Path, annotate: str | None = None, title: str = "", xlabel: str | None = None,
+                ylabel: str | None = None) -> None:
+    """Per `group` (a colour each): its points with vertical error bars, the ones flagged by `front` joined (a
+    Pareto front: lower x, higher y); every point labelled with `annotate` (e.g. depth)."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for i, name in enumerate(sorted({p[group] for p in points})):
+        colour = f"C{i}"
+        members = [p for p in points if p[group] == name]
+        ax.errorbar([p[x] for p in members], [p[y] for p in members], yerr=[p.get(yerr) or 0.0 for p in members],
+                    fmt="o", color=colour, alpha=0.5, capsize=3)
+        on = sorted((p for p in members if p[front]), key=lambda p: p[x])
+        ax.plot([p[x] for p in on], [p[y] for p in on], "o-", color=colour, label=name)
+        for p in members if annotate else []:
+            ax.annotate(f"[{p[annotate]}]", (p[x], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=7, title="budget (front joined)")
+    save_figure(fig, path)
+
+
+def plot_errorbars(rows: Sequence[dict[str, Any]], x: str, y: str, yerr: str, path: str | Path, label: str = "model",
+                   title: str = "", xlabel: str | None = None, ylabel: str | None = None,
+                   logx: bool = False) -> None:
+    """One labelled point per row with a vertical error bar (e.g. mean accuracy ± its 95% interval); a row
+    without an interval (one seed) gets none."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for row in rows:
+        ax.errorbar(row[x], row[y], yerr=row.get(yerr) or 0.0, fmt="o", capsize=4)
+        ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_curves(curves: dict[str, Sequence[Sequence[float]]], path: str | Path, title: str = "",
+                ylabel: str = "validation accuracy (%)") -> None:
+    """Per name, the mean of its curves against epoch with a band of ± one standard deviation across them."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, runs in curves.items():
+        length = min(len(r) for r in runs)
+        values = np.array([r[:length] for r in runs], dtype=float)
+        epochs = np.arange(1, length + 1)
+        mean = values.mean(axis=0)
+        std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(length)
+        ax.plot(epochs, mean, "o-", label=f"{name} (n={len(runs)})")
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     save_figure(fig, path)

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DatasetError
 from . import cifar, fashion_mnist
-from .folder import FitBatches, build_folder_loaders, normalisation
+from .folder import FitBatches, build_folder_loaders, build_folder_test_loader, normalisation
 from .sampling import holdout_split
 from .tensor_loader import Augment, TensorLoader
 
@@ -29,7 +29,7 @@ _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "
 _DEFAULT_AUGMENT = {"fashion-mnist": Augment(crop_padding=2, flip=True), "cifar10": Augment(crop_padding=4),
                     "cifar100": Augment(crop_padding=4), "folder": Augment()}
 
-__all__ = ["DataInfo", "build_loaders", "load_arrays", "default_augment", "resolve_data", "Augment",
+__all__ = ["DataInfo", "build_loaders", "build_test_loader", "load_arrays", "default_augment", "resolve_data", "Augment",
            "TensorLoader", "DatasetError", "SMALL"]
 
 
@@ -94,11 +94,13 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
     """(train loader, eval loader, DataInfo) for `data`.
 
     The train loader shuffles by (seed, epoch), shards across `world_size` ranks and augments with
-    `augment` (None: `default_augment(data)`; `Augment.off()`: none). The eval loader is the test split
-    (an ImageFolder's val/), or with val_split > 0 a fixed held-out slice of train, which the train loader
-    then leaves out; it is neither shuffled nor sharded. max_train_samples keeps the first N training
-    images. image_size, in_chans (None: the tree's own) and num_workers apply to ImageFolder trees only (a
-    small dataset refuses a size or channel count other than its own); download to Fashion-MNIST only.
+    `augment` (None: `default_augment(data)`; `Augment.off()`: none). The eval loader is the validation
+    split when val_split > 0: a fixed held-out fraction of train (the same images for every seed), which the
+    train loader then leaves out; with val_split 0 it is the test split (an ImageFolder's val/). It is
+    neither shuffled nor sharded. `build_test_loader` gives the test split itself. max_train_samples keeps
+    the first N training images. image_size, in_chans (None: the tree's own) and num_workers apply to
+    ImageFolder trees only (a small dataset refuses a size or channel count other than its own); download
+    to Fashion-MNIST only.
     with_indices: the train loader also yields each sample's index in the (kept) training set.
     fit_batches(num_classes, in_chans, (height, width)), when given, returns the (train, eval) batch sizes to
     use instead (the trainer's memory check); the loaders' batch_size attributes say what was used.
@@ -128,6 +130,7 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
     images, labels, classes = load_arrays(name, "train", data_dir, download)
     if val_split > 0:
         keep, held = holdout_split(len(labels), val_split)
+        check_holdout(len(labels), len(keep), len(held), val_split, batch_size)
         eval_images, eval_labels = images[held], labels[held]
         images, labels = images[keep], labels[keep]
     else:
@@ -150,3 +153,30 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
     info = DataInfo(name, len(classes), images.shape[1], tuple(images.shape[2:]), mean, std, classes,
                     len(labels), len(eval_labels), path=str(Path(data_dir).resolve()) if data_dir else None)
     return train, evaluate, info
+
+
+def check_holdout(n: int, n_train: int, n_val: int, val_split: float, batch_size: int) -> None:
+    """A validation split must hold out at least one image and leave at least one batch to train on (when
+    the whole set had one)."""
+    if n_val == 0:
+        raise DatasetError(f"val_split {val_split} holds out no image of {n}: raise --val-split, or pass "
+                           "--val-split 0 to train on all images and select nothing")
+    if n_train < batch_size <= n:
+        raise DatasetError(f"val_split {val_split} leaves {n_train} of {n} training images, fewer than one batch "
+                           f"({batch_size}): lower --val-split or --batch-size")
+
+
+def build_test_loader(data: str, *, data_dir: str | None = None, batch_size: int = 1024,
+                      device: str | torch.device = "cpu", download: bool = True, image_size: int = 224,
+                      in_chans: int = 3, num_workers: int = 2) -> Iterable | None:
+    """The test split of `data`, touched once at the end of a run: the in-memory datasets' test set, or an
+    ImageFolder tree's val/ folder read at image_size and in_chans (None for a tree without one: it has no
+    test split)."""
+    name, path = resolve_data(data, data_dir)
+    device = torch.device(device)
+    if path is not None:
+        return build_folder_test_loader(path, batch_size=batch_size, device=device, image_size=image_size,
+                                        in_chans=in_chans, num_workers=num_workers)
+    images, labels, _ = load_arrays(name, "test", data_dir, download)
+    mean, std = _stats(name)
+    return TensorLoader(images, labels, batch_size, mean, std, device=device)

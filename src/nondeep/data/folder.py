@@ -243,3 +243,15 @@ def build_folder_loaders(root: str | os.PathLike, *, batch_size: int, eval_batch
     evaluate = FolderLoader(eval_set, eval_batch_size, shuffle=False, drop_last=False, rank=0, world_size=1,
                             **common)
     return train, evaluate, train_tree.classes, image_size, in_chans
+
+
+def build_folder_test_loader(root: str | os.PathLike, *, batch_size: int, device: torch.device, image_size: int,
+                             in_chans: int, num_workers: int) -> FolderLoader | None:
+    """The tree's val/ folder as the test split (ImageNet's habit), or None when the tree has none."""
+    root = Path(root)
+    if not ((root / "train").is_dir() and (root / "val").is_dir()):
+        return None
+    tree = scan(root / "val")
+    return FolderLoader(_Subset(tree, range(len(tree)), eval_transform(image_size, in_chans), in_chans), batch_size,
+                        shuffle=False, drop_last=False, device=device, seed=0, rank=0, world_size=1,
+                        num_workers=num_workers)

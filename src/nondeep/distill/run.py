@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from ..checkpoint import load_model
-from ..data import Augment, TensorLoader, build_loaders
+from ..data import Augment, TensorLoader, build_loaders, build_test_loader
 from ..errors import NondeepError
 from ..models import create_model
 from ..report import write_json
@@ -61,6 +61,17 @@ def cache_spec(teachers: Sequence[TeacherCheckpoint], info: Any, cfg: TrainConfi
         "transfer_augment": dataclasses.asdict(augment) if copies else None,
         "transfer_sha256": tensor_sha256(transfer_images), "eval_sha256": tensor_sha256(eval_images),
     }
+
+
+def _teacher_test_accuracy(checkpoints: Sequence[TeacherCheckpoint], cfg: TrainConfig,
+                           device: torch.device) -> float | None:
+    """The teacher ensemble's accuracy on the test split (the student's eval split is validation); None for
+    an image tree without a test split."""
+    test_loader = build_test_loader(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.eval_batch_size, device="cpu")
+    if test_loader is None:
+        return None
+    logits = logits_over(build_ensemble(checkpoints, device), test_loader, device)
+    return agreement(logits.argmax(1), torch.cat([batch[1].cpu() for batch in test_loader]))
 
 
 def distill(cfg: TrainConfig, teachers: Sequence[str], loss: str = "mimic", alpha: float = 1.0,
@@ -141,8 +152,10 @@ def distill(cfg: TrainConfig, teachers: Sequence[str], loss: str = "mimic", alph
                     student_augmentation="none: the fixed transfer set (originals + copies) is the augmentation")
 
     teacher_pred = eval_logits.argmax(1)
-    run_meta: dict[str, Any] = {"distill": meta,
-                                "teacher_test_accuracy": agreement(teacher_pred, eval_labels)}
+    meta["eval_split"] = "val" if cfg.val_split > 0 else "test"  # what teacher_agreement is measured on
+    run_meta: dict[str, Any] = {"distill": meta, "teacher_eval_accuracy": agreement(teacher_pred, eval_labels),
+                                "teacher_test_accuracy": _teacher_test_accuracy(checkpoints, cfg, device)
+                                if cfg.val_split > 0 else agreement(teacher_pred, eval_labels)}
     if not resume:  # the student as train() will initialise it (same seed, same builder)
         torch.manual_seed(cfg.seed)
         student = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans,

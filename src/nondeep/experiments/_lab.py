@@ -1,13 +1,16 @@
-"""What the training labs share: a budget (data, epochs, images, seed, threads), one training run, the trained
-models' batch-1 latency timed side by side, a parameter-matching search, and the written report
-(<name>.json, <name>.md, <name>.png in the lab's folder, optionally copied to a results folder)."""
+"""What the training labs share: a budget (data, epochs, images, seeds, threads), the runs of a lab (each model
+once per seed, each in its own folder, finished runs reused when a lab is started again), the fused models'
+batch-1 latency timed side by side, and the search that matches models on parameters or FLOPs. The report
+(aggregation over seeds, intervals, verdicts, files) is in _lab_report.py."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
+import re
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,48 +25,95 @@ from ..bench import Candidate, module_candidate, time_candidates
 from ..checkpoint import load_model
 from ..errors import NondeepError
 from ..models import create_model
-from ..plots import plot_scatter
-from ..report import format_table, write_json, write_text
 from ..reparam import reparameterize_model
 from ..train import config_from_dict, train
+
+MATCH_TOLERANCE = 0.20  # widths come in steps of 8 channels; a model further than this from its target is refused
+QUICK = {"epochs": 1, "max_train_samples": 1000}  # the smoke budget (--quick)
+GPU_BUDGET = {"epochs": 30, "max_train_samples": None}  # where a GPU makes converged runs cheap
+
+
+class LabError(NondeepError):
+    """Lab options that cannot be run (no seeds, a budget that cannot be matched, a folder of another lab)."""
 
 
 @dataclass
 class Budget:
-    """How much each run of a lab trains, and on what. The labs' defaults keep each lab to minutes on 2 CPU
-    cores; the papers' budgets are flags away (e.g. --epochs 30 --max-train-samples 0)."""
+    """How much each run of a lab trains, on what, and how many seeds. The CPU defaults keep a lab with its
+    seeds to about two hours on 2 cores; on a GPU the default is GPU_BUDGET; --quick is a smoke test."""
     epochs: int = 2
     max_train_samples: int | None = 20000
-    seed: int = 0
+    seeds: int = 3
+    seed: int = 0                       # the first seed; the runs use seed, seed + 1, ...
+    val_split: float = 0.1
     data: str = "fashion-mnist"
     data_dir: str | None = None
     threads: int | None = None
+    device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise LabError(f"--seeds must be at least 1 (3 or more to get intervals worth reading), got {self.seeds}")
+        if self.epochs < 1:
+            raise LabError(f"--epochs must be at least 1, got {self.epochs}")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
 
     def flags(self) -> list[str]:
         """The command-line flags that reproduce this budget."""
         parts = ["--epochs", str(self.epochs), "--max-train-samples", str(self.max_train_samples or 0),
-                 "--seed", str(self.seed)]
+                 "--seeds", str(self.seeds), "--seed", str(self.seed), "--val-split", str(self.val_split)]
         parts += ["--threads", str(self.threads)] if self.threads else []
+        parts += ["--device", self.device] if self.device != "auto" else []
         parts += ["--data-dir", self.data_dir] if self.data_dir else []
         return parts
 
+    def describe(self) -> str:
+        return (f"{self.epochs} epoch(s) on {self.max_train_samples or 'all'} training images per run, "
+                f"{self.val_split:.0%} of the training set held out for validation, seeds {self.seed_list}")
 
-def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_train_samples: int = 20000) -> None:
-    p.add_argument("--epochs", type=int, default=epochs, help="epochs per run (default: %(default)s)")
-    p.add_argument("--max-train-samples", type=int, default=max_train_samples,
-                   help="train on the first N images, 0 = all 60000 (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+
+def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_train_samples: int = 20000,
+                    match: Sequence[str] = ()) -> None:
+    p.add_argument("--epochs", type=int, help=f"epochs per run (default: {epochs} on a CPU, "
+                   f"{GPU_BUDGET['epochs']} on a GPU)")
+    p.add_argument("--max-train-samples", type=int, help=f"train on the first N images, 0 = all (default: "
+                   f"{max_train_samples} on a CPU, all on a GPU)")
+    p.add_argument("--seeds", type=int, default=3, help="runs per model, seeds --seed, --seed + 1, ... (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed (default: 0)")
+    p.add_argument("--val-split", type=float, default=0.1,
+                   help="fraction of the training set held out to choose checkpoints (default: %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke budget: {QUICK['epochs']} epoch on {QUICK['max_train_samples']} images")
+    if match:
+        p.add_argument("--match", choices=list(match), default=match[0],
+                       help="what the compared models are matched on (default: %(default)s); the report gives "
+                            "both parameters and FLOPs")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual places)")
-    p.add_argument("--out", help=f"output folder (default runs/lab-{name}-<date>)")
+    p.add_argument("--out", help=f"output folder (default runs/lab-{name}-<date>); a lab started again with the "
+                   "same --out reuses the runs it finished")
     p.add_argument("--results", help=f"also copy {name}.json/.md/.png here (e.g. docs/results)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(lab_defaults={"epochs": epochs, "max_train_samples": max_train_samples})
+
+
+def on_gpu(device: str) -> bool:
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def budget_from_args(args: argparse.Namespace) -> Budget:
-    return Budget(epochs=args.epochs, max_train_samples=args.max_train_samples or None, seed=args.seed,
-                  data_dir=args.data_dir, threads=args.threads, progress=args.progress)
+    """Flags over the lab's defaults: QUICK with --quick, GPU_BUDGET on a GPU, the lab's CPU budget otherwise."""
+    default = QUICK if args.quick else GPU_BUDGET if on_gpu(args.device) else args.lab_defaults
+    epochs = args.epochs if args.epochs is not None else default["epochs"]
+    images = args.max_train_samples if args.max_train_samples is not None else default["max_train_samples"]
+    return Budget(epochs=epochs, max_train_samples=images or None, seeds=args.seeds, seed=args.seed,
+                  val_split=args.val_split, data_dir=args.data_dir, threads=args.threads, device=args.device,
+                  progress=args.progress)
 
 
 def lab_folder(out: str | Path | None, name: str) -> Path:
@@ -81,65 +131,98 @@ def machine() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None}
 
 
 def describe_machine(m: dict[str, Any]) -> str:
-    """One line for a report: CPU, cores, torch threads, GPU, torch version (from machine())."""
+    """One line for a report: CPU, cores, torch threads, GPU, torch version, load (from machine())."""
+    load = f"; load average {m['load_average'][0]}" if m.get("load_average") else ""
     return (f"{m['cpu']}, {m['cores']} cores ({m['threads']} torch threads), GPU: {m['gpu'] or 'none'}; "
-            f"torch {m['torch']}")
+            f"torch {m['torch']}{load}")
 
 
 def finished(summary: dict[str, Any]) -> dict[str, Any]:
-    """A run stopped by SIGINT/SIGTERM checkpointed and returned: stop the lab too, rather than go on."""
+    """A run stopped by SIGINT/SIGTERM checkpointed and returned: stop the experiment too, rather than go on."""
     if summary.get("stopped_by"):
         raise NondeepError(f"{summary['model']} was stopped by {summary['stopped_by']} (its checkpoint is in "
-                           f"{summary['out']}); rerun the lab with another --out")
+                           f"{summary['out']}); rerun with another --out")
     return summary
-
-
-def train_run(out: Path, run: str, model: str, budget: Budget, model_kwargs: dict[str, Any] | None = None,
-              seed: int | None = None, **recipe: Any) -> dict[str, Any]:
-    """Train `model` with nondeep's default recipe (plus `recipe` overrides) into out/run; its summary."""
-    cfg = config_from_dict({
-        "model": model, "model_kwargs": model_kwargs or {}, "out": str(out / run), "data": budget.data,
-        "data_dir": budget.data_dir, "epochs": budget.epochs, "max_train_samples": budget.max_train_samples,
-        "seed": budget.seed if seed is None else seed, "threads": budget.threads, "progress": budget.progress,
-        **recipe})
-    return finished(train(cfg))
 
 
 @dataclass
 class Run:
-    """One model of a lab: `label` names it in the table, `columns` adds the lab's own columns to its row."""
+    """One model of a lab: `label` names it in the table, `columns` adds the lab's own columns to its row;
+    it is trained once per seed of the budget, with seed + seed_offset (ensemble members differ by it)."""
     label: str
     model: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, Any] = field(default_factory=dict)
-    seed: int | None = None
+    seed_offset: int = 0
 
 
-def train_and_time(folder: Path, runs: Sequence[Run], budget: Budget) -> list[dict[str, Any]]:
-    """Train every run with the same recipe and budget, then time the fused models side by side at batch 1;
-    one row per run (accuracy, measured depth, params, latency_ms, train_seconds, checkpoint)."""
-    rows, candidates = [], []
+def run_dir(folder: Path, label: str, seed: int) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")
+    return folder / slug / f"seed{seed}"
+
+
+def train_run(folder: Path, run: Run, budget: Budget, seed: int, **recipe: Any) -> dict[str, Any]:
+    """Train one (run, seed) with nondeep's default recipe (plus `recipe` overrides) and return its summary.
+    A finished run with the same recipe is reused; a stopped one is resumed; one with another recipe is refused."""
+    out = run_dir(folder, run.label, seed)
+    cfg = config_from_dict({
+        "model": run.model, "model_kwargs": run.model_kwargs, "out": str(out), "data": budget.data,
+        "data_dir": budget.data_dir, "epochs": budget.epochs, "max_train_samples": budget.max_train_samples,
+        "val_split": budget.val_split, "seed": seed + run.seed_offset, "threads": budget.threads,
+        "device": budget.device, "progress": budget.progress, **recipe})
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        same = {k: v for k, v in summary.get("config", {}).items() if k in _RECIPE_KEYS}
+        if same != {k: v for k, v in cfg.to_dict().items() if k in _RECIPE_KEYS}:
+            raise LabError(f"{out} holds a finished run with another recipe: start the lab with another --out")
+        if not summary.get("stopped_by"):
+            print(f"reusing the finished run in {out}")
+            return summary
+    summary = train(cfg, resume=(out / "last.safetensors").exists())
+    if summary.get("stopped_by"):
+        raise NondeepError(f"{run.label} (seed {seed}) was stopped by {summary['stopped_by']}; start the lab again "
+                           f"with the same --out to go on from its checkpoint in {out}")
+    return summary
+
+
+# what makes two runs the same experiment (not where they write, how they show progress or how many threads)
+_RECIPE_KEYS = {"model", "model_kwargs", "data", "epochs", "max_train_samples", "val_split", "seed", "batch_size",
+                "lr", "optimizer", "schedule", "label_smoothing", "crop_padding", "flip", "cutout", "ema_decay"}
+
+
+def run_all(folder: Path, runs: Sequence[Run], budget: Budget, **recipe: Any) -> list[dict[str, Any]]:
+    """Every run for every seed: one row per (run, seed) with the run's label, seed, accuracies, cost and
+    validation curve (val_curve: eval_top1 per epoch)."""
+    rows = []
     for run in runs:
-        summary = train_run(folder, run.label, run.model, budget, model_kwargs=run.model_kwargs, seed=run.seed)
-        rows.append({"model": run.label, **run.columns, "depth": summary["depth"], "params": summary["params"],
-                     "fused_params": summary["fused_params"],
-                     "mflops": round(summary["flops"] / 1e6, 1), "test_accuracy": summary["test_accuracy"],
-                     "fused_test_accuracy": summary["fused_test_accuracy"],
-                     "train_seconds": round(summary["train_seconds"], 1), "checkpoint": summary["checkpoint"]})
-        candidates.append(checkpoint_candidate(summary["checkpoint"], run.label))
-    latency = time_side_by_side(candidates, threads=budget.threads)
-    for row in rows:
-        row["latency_ms"] = latency[row["model"]]["infer_step_time"]
+        for seed in budget.seed_list:
+            summary = train_run(folder, run, budget, seed, **recipe)
+            history = _history(Path(summary["out"]))
+            rows.append({"model": run.label, **run.columns, "seed": seed + run.seed_offset,
+                         "test_accuracy": summary["test_accuracy"], "best_test_accuracy": summary["best_test_accuracy"],
+                         "fused_test_accuracy": summary["fused_test_accuracy"], "val_accuracy": summary["val_accuracy"],
+                         "best_epoch": summary["best_epoch"], "depth": summary["depth"], "params": summary["params"],
+                         "fused_params": summary["fused_params"], "mflops": round(summary["flops"] / 1e6, 2),
+                         "steps": summary["steps"], "train_images": summary["train_images"],
+                         "train_seconds": round(summary["train_seconds"], 1), "checkpoint": summary["checkpoint"],
+                         "val_curve": [row["eval_top1"] for row in history]})
     return rows
 
 
+def _history(out: Path) -> list[dict[str, float]]:
+    import csv
+    with open(out / "metrics.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
 def checkpoint_candidate(path: str | Path, label: str) -> Candidate:
-    """The fused (inference-form) model of a checkpoint, as a batch-1 latency candidate. Its depth is left out:
-    the run's summary.json already holds the measured depth."""
+    """The fused (inference-form) model of a checkpoint, as a batch-1 latency candidate."""
     model, meta = load_model(path)
     input_size = (meta["data"]["in_chans"], *meta["data"]["image_size"])
     return module_candidate(reparameterize_model(model).eval(), label, "fused", input_size)
@@ -152,25 +235,53 @@ def time_side_by_side(candidates: Sequence[Candidate], threads: int | None = Non
     return {row["model"]: row for row in rows}
 
 
-def match_params(build: Callable[[float], nn.Module], target: int, grid: Sequence[float]) -> tuple[float, int]:
-    """The value in the ascending `grid` whose model has the parameter count closest to `target`: (value, count).
-    The count grows with the value in steps (channel widths are rounded): bisect to the step that crosses the
-    target, then compare the few values around it."""
-    if not grid:
-        raise ValueError("match_params needs a non-empty grid")
-    counts: dict[int, int] = {}
+def latency_by_model(per_seed: Sequence[dict[str, Any]], threads: int | None = None) -> dict[str, float]:
+    """Each model's fused batch-1 median latency (ms), one checkpoint per model (the seeds share the
+    architecture), all timed side by side."""
+    first = {}
+    for row in per_seed:
+        first.setdefault(row["model"], row["checkpoint"])
+    timed = time_side_by_side([checkpoint_candidate(path, label) for label, path in first.items()], threads=threads)
+    return {label: timed[label]["infer_step_time"] for label in first}
 
-    def count(i: int) -> int:
-        if i not in counts:
-            counts[i] = measure.count_params(build(grid[i]))
-        return counts[i]
+
+def cost_of(match: str, input_size: Sequence[int]) -> Callable[[nn.Module], int]:
+    """The quantity a lab matches its models on: parameters (training form) or FLOPs (fused form, one image)."""
+    if match == "params":
+        return measure.count_params
+    if match == "flops":
+        return lambda model: measure.count_flops(reparameterize_model(model), input_size)
+    raise LabError(f"--match must be params or flops, got {match!r}")
+
+
+def match_budget(build: Callable[[float], nn.Module], target: int, grid: Sequence[float],
+                 cost: Callable[[nn.Module], int] = measure.count_params) -> tuple[float, int]:
+    """The value in the ascending `grid` whose model's cost is closest to `target`: (value, cost). The cost grows
+    with the value in steps (channel widths are rounded): bisect to the step that crosses the target, then
+    compare the few values around it."""
+    if not grid:
+        raise ValueError("match_budget needs a non-empty grid")
+    costs: dict[int, int] = {}
+
+    def at(i: int) -> int:
+        if i not in costs:
+            costs[i] = cost(build(grid[i]))
+        return costs[i]
 
     lo, hi = 0, len(grid) - 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
-    best = min(range(max(0, lo - 2), min(len(grid), hi + 3)), key=lambda i: (abs(count(i) - target), i))
-    return grid[best], count(best)
+        lo, hi = (mid, hi) if at(mid) < target else (lo, mid)
+    best = min(range(max(0, lo - 2), min(len(grid), hi + 3)), key=lambda i: (abs(at(i) - target), i))
+    return grid[best], at(best)
+
+
+def check_matched(label: str, value: int, target: int, match: str) -> None:
+    """Refuse, before anything trains, a model the grid could not bring near the target."""
+    if abs(value - target) > MATCH_TOLERANCE * target:
+        raise LabError(f"cannot match {label} on {match}: the closest is {value:,} against {target:,} "
+                       f"(more than {MATCH_TOLERANCE:.0%} away); use --match "
+                       f"{'params' if match == 'flops' else 'flops'} or change the models")
 
 
 def param_count(name: str, **kwargs: Any) -> int:
@@ -178,26 +289,15 @@ def param_count(name: str, **kwargs: Any) -> int:
         return measure.count_params(create_model(name, **kwargs))
 
 
+def model_cost(name: str, match: str, input_size: Sequence[int], **kwargs: Any) -> int:
+    """`match` (params or flops) of a registered model, built on the meta device (no memory, any size)."""
+    with torch.device("meta"):
+        model = create_model(name, **kwargs)
+    return cost_of(match, input_size)(model)
+
+
 def lab_meta(name: str, budget: Budget, command: Sequence[str], started: float, **extra: Any) -> dict[str, Any]:
-    return {"lab": name, "command": shlex.join(command), **asdict(budget), **extra, "machine": machine(),
-            "date": dt.datetime.now().isoformat(timespec="seconds"), "total_seconds": time.perf_counter() - started}
-
-
-def publish(report: dict[str, Any], folder: Path, results: str | None, title: str, columns: Sequence[str],
-            notes: str, plot: dict[str, Any]) -> None:
-    """Write <name>.json (the whole report), <name>.md (command, budget, machine, date, the table, `notes`) and
-    <name>.png (plot_scatter of the rows with the `plot` arguments) into the lab's folder and `results`; print
-    the table and where it went."""
-    meta, name = report["meta"], report["meta"]["lab"]
-    budget = (f"{meta['epochs']} epoch(s) on {meta['max_train_samples'] or 'all'} training images per run, "
-              f"seed {meta['seed']}")
-    markdown = (f"# {title}\n\n- command: `{meta['command']}`\n- budget: {budget}\n"
-                f"- machine: {describe_machine(meta['machine'])}\n- date: {meta['date']}; the lab took {meta['total_seconds'] / 60:.1f} min\n\n"
-                f"{format_table(report['rows'], list(columns))}\n\n{notes}\n")
-    for target in [folder, *([Path(results)] if results else [])]:
-        write_json(target / f"{name}.json", report)
-        write_text(target / f"{name}.md", markdown)
-        plot_scatter(report["rows"], path=target / f"{name}.png", **plot)
-    print(format_table(report["rows"], list(columns)))
-    print(f"\nwritten under {folder}: {name}.json, {name}.md, {name}.png, one run folder per model"
-          + (f"; copied to {results}" if results else ""))
+    return {"lab": name, "command": shlex.join(command), **asdict(budget), "seed_list": budget.seed_list,
+            "budget_text": budget.describe(), **extra,
+            "machine": machine(), "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "total_seconds": time.perf_counter() - started}

@@ -1,9 +1,8 @@
-"""`nondeep lab ensemble`: an ensemble of N small nets vs one N-stream ParNet with the same parameters (the
-ParNet paper compares its streams with ensembles). The members are one-stream ParNets whose width gives each
-about 1/N of the N-stream net's parameters, trained from different seeds; the ensemble averages their softmax
-outputs. Accuracy on the test split and batch-1 latency (members run one after the other, fused) are
-measured side by side with the N-stream net's.
-"""
+"""`nondeep lab ensemble`: an ensemble of N small nets vs one N-stream ParNet of the same parameters or FLOPs
+(--match; the ParNet paper compares its streams with ensembles). The members are one-stream ParNets whose width
+gives each about 1/N of the N-stream net's budget; the ensemble averages their softmax outputs. Each seed s
+trains the N-stream net with seed s and a whole ensemble with seeds s, s + 1000, ...; the ensembles' test
+accuracies over the seeds are compared with the N-stream nets' (Welch interval, verdict)."""
 
 from __future__ import annotations
 
@@ -18,15 +17,18 @@ from torch import nn
 from .. import measure
 from ..bench import module_candidate
 from ..checkpoint import load_model
-from ..data import build_loaders
+from ..data import build_test_loader
 from ..reparam import reparameterize_model
 from ..train.evaluate import evaluate
-from ._lab import (Budget, Run, add_common_args, budget_from_args, checkpoint_candidate, lab_folder, lab_meta,
-                   param_count, publish, time_side_by_side, train_and_time)
-from .streams import parnet_for_budget
+from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, checkpoint_candidate, lab_folder,
+                   lab_meta, model_cost, run_all, time_side_by_side)
+from ._lab_report import aggregate, compare, publish
+from .streams import INPUT_SIZE, parnet_for_budget
 
 NAME = "ensemble"
-COLUMNS = ["model", "kind", "depth", "params", "mflops", "test_accuracy", "latency_ms"]
+MEMBER_SEED_STRIDE = 1000  # member i of the ensemble for seed s trains with seed s + 1000 i
+COLUMNS = ["model", "kind", "depth", "params", "mflops", "steps", "seeds", "test_accuracy", "ci95", "converged",
+           "latency_ms"]
 
 
 class SoftmaxEnsemble(nn.Module):
@@ -41,56 +43,68 @@ class SoftmaxEnsemble(nn.Module):
         return probs.clamp_min(1e-12).log()
 
 
+def load_ensemble(checkpoints: Sequence[str]) -> SoftmaxEnsemble:
+    return SoftmaxEnsemble([reparameterize_model(load_model(path)[0]).eval() for path in checkpoints])
+
+
 def run_ensemble_lab(out: str | Path | None = None, members: int = 3, base: str = "parnet_tiny",
-                     budget: Budget | None = None, results: str | None = None,
+                     budget: Budget | None = None, match: str = "params", results: str | None = None,
                      command: Sequence[str] = ("nondeep", "lab", NAME)) -> tuple[dict[str, Any], Path]:
     if members < 2:
         raise ValueError(f"an ensemble needs at least 2 members, got {members}")
     budget = budget or Budget()
-    folder, started = lab_folder(out, NAME), time.perf_counter()
-    total = param_count(base, num_streams=members, num_classes=10, in_chans=1)
-    multiplier, _ = parnet_for_budget(base, 1, total // members)
-    runs = [Run(f"{base} {members} streams", base, {"num_streams": members}, {"kind": "parnet"})]
-    runs += [Run(f"member {i + 1}: {base} 1 stream x{multiplier:g}", base,
-                 {"num_streams": 1, "width_multiplier": multiplier}, {"kind": "member"}, seed=budget.seed + i)
-             for i in range(members)]
-    rows = train_and_time(folder, runs, budget)
+    started = time.perf_counter()
+    total = model_cost(base, match, INPUT_SIZE, num_streams=members, num_classes=10, in_chans=1)
+    multiplier, cost = parnet_for_budget(base, 1, total // members, match)
+    check_matched(f"a one-stream {base} member", cost * members, total, match)
+    parnet = Run(f"{base} {members} streams", base, {"num_streams": members}, {"kind": "parnet"})
+    member_runs = [Run(f"member {i + 1}: {base} 1 stream x{multiplier:g}", base,
+                       {"num_streams": 1, "width_multiplier": multiplier}, {"kind": "member"},
+                       seed_offset=MEMBER_SEED_STRIDE * i) for i in range(members)]
+    folder = lab_folder(out, NAME)
+    per_seed = run_all(folder, [parnet, *member_runs], budget)
 
-    loaded = [load_model(row["checkpoint"]) for row in rows[1:]]
-    ensemble = SoftmaxEnsemble([reparameterize_model(model).eval() for model, _ in loaded])
-    data = loaded[0][1]["data"]
-    input_size = (data["in_chans"], *data["image_size"])
-    _, test_loader, _ = build_loaders(budget.data, data_dir=budget.data_dir, batch_size=256, eval_batch_size=1024)
-    accuracy = evaluate(ensemble, test_loader, torch.device("cpu"))["eval_top1"]
+    # one ensemble per seed, of the members trained for that seed; scored once on the test split
+    test_loader = build_test_loader(budget.data, data_dir=budget.data_dir, batch_size=1024)
     label = f"ensemble of {members}"
-    latency = time_side_by_side([checkpoint_candidate(rows[0]["checkpoint"], rows[0]["model"]),
-                                 module_candidate(ensemble, label, "fused", input_size)], threads=budget.threads)
-    rows[0]["latency_ms"] = latency[rows[0]["model"]]["infer_step_time"]  # re-timed beside the ensemble
-    rows.insert(1, {"model": label, "kind": "ensemble", "depth": measure.depth(ensemble, input_size),
-                    "params": sum(r["params"] for r in rows[1:]), "mflops": sum(r["mflops"] for r in rows[1:]),
-                    "test_accuracy": accuracy,
-                    "latency_ms": latency[label]["infer_step_time"]})
-    report = {"meta": lab_meta(NAME, budget, [*command, "--members", str(members), "--base", base, *budget.flags()],
-                               started),
-              "rows": rows}
-    notes = ("The ensemble averages its members' softmax; its latency runs the fused members one after the other. "
-             "The N-stream ParNet and the ensemble are timed side by side (batch 1); the members' latencies come "
-             "from the first timing round. Members are trained from seeds seed, seed+1, ...")
+    member_rows = [r for r in per_seed if r["kind"] == "member"]
+    for seed in budget.seed_list:
+        chosen = [r for r in member_rows if r["seed"] % MEMBER_SEED_STRIDE == seed % MEMBER_SEED_STRIDE]
+        ensemble = load_ensemble([r["checkpoint"] for r in chosen])
+        per_seed.append({"model": label, "kind": "ensemble", "seed": seed,
+                         "test_accuracy": evaluate(ensemble, test_loader, torch.device("cpu"))["eval_top1"],
+                         "depth": measure.depth(ensemble, INPUT_SIZE), "params": sum(r["params"] for r in chosen),
+                         "mflops": round(sum(r["mflops"] for r in chosen), 2),
+                         "steps": sum(r["steps"] for r in chosen)})
+    first_parnet = next(r for r in per_seed if r["kind"] == "parnet")
+    first_members = [r["checkpoint"] for r in member_rows[::budget.seeds]]
+    latency = time_side_by_side([checkpoint_candidate(first_parnet["checkpoint"], parnet.label),
+                                 module_candidate(load_ensemble(first_members), label, "fused", INPUT_SIZE)],
+                                threads=budget.threads)
+    rows = aggregate(per_seed, {k: v["infer_step_time"] for k, v in latency.items()}, extra_columns=["kind"])
+    report = {"meta": lab_meta(NAME, budget, [*command, "--members", str(members), "--base", base,
+                                              "--match", match, *budget.flags()], started,
+                               matched=match, match_target=total),
+              "rows": rows, "runs": per_seed, "comparisons": compare(per_seed, [(label, parnet.label)])}
+    notes = ("The ensemble averages its members' softmax; its latency runs the fused members one after the other; "
+             "the N-stream ParNet and the ensemble are timed side by side (batch 1). Its params, MFLOPs and steps "
+             "are the members' sums.")
     publish(report, folder, results, "Ensemble of small nets vs one multi-stream ParNet (nondeep lab ensemble)",
-            COLUMNS, notes, plot=dict(x="latency_ms", y="test_accuracy", title="Fashion-MNIST: ensemble vs streams",
-                                      xlabel="fused batch-1 latency (ms)", ylabel="test accuracy (%)"))
+            COLUMNS, notes, plot=dict(x="mflops", y="test_accuracy", title=f"Fashion-MNIST: ensemble vs streams, "
+                                      f"matched on {match}", xlabel="MFLOPs (fused, one image)",
+                                      ylabel="test accuracy (%), mean ± 95% CI"))
     return report, folder
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
     run_ensemble_lab(out=args.out, members=args.members, base=args.base, budget=budget_from_args(args),
-                     results=args.results)
+                     match=args.match, results=args.results)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(NAME, help="an ensemble of N one-stream ParNets vs one N-stream ParNet of the same "
-                       "parameters (default budget: 30 min measured on 1 thread of a busy 2-core machine)")
+                       "parameters (or FLOPs), over seeds")
     p.add_argument("--members", type=int, default=3, help="N: ensemble members and streams (default: %(default)s)")
     p.add_argument("--base", default="parnet_tiny", help="ParNet builder (default: %(default)s)")
-    add_common_args(p, NAME, max_train_samples=10000)  # its wide one-stream nets cost up to 7x the FLOPs
+    add_common_args(p, NAME, max_train_samples=10000, match=("params", "flops"))
     p.set_defaults(func=cmd_ensemble)

@@ -1,8 +1,6 @@
-"""`nondeep lab streams`: one stream vs several at a fixed parameter count (the ParNet paper's branch study,
-Table 8: at equal parameters, 3 streams beat 1 and 2). Each stream count gets the ParNet width multiplier
-that brings it closest to the parameters of the default 3-stream net; widths round to multiples of 8, so the
-counts match only roughly and the table gives each one. Same recipe, data and seed for all.
-"""
+"""`nondeep lab streams`: one stream vs several at a fixed budget (the ParNet paper's branch study: at equal
+parameters, 3 streams beat 1 and 2). Each stream count gets the width multiplier that brings it closest to the
+parameters or FLOPs (--match) of the base net with the default 3 streams; each is compared with that net."""
 
 from __future__ import annotations
 
@@ -15,64 +13,77 @@ import torch
 from torch import nn
 
 from ..models import create_model
-from ._lab import (Budget, Run, add_common_args, budget_from_args, lab_folder, lab_meta, match_params, param_count,
-                   publish, train_and_time)
+from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, cost_of, lab_folder, lab_meta,
+                   latency_by_model, match_budget, model_cost, run_all)
+from ._lab_report import aggregate, compare, publish
 
 NAME = "streams"
 DEFAULT_STREAMS = (1, 2, 3)
-MULTIPLIER_GRID = [round(0.25 + 0.05 * i, 2) for i in range(196)]  # 0.25 to 10
-COLUMNS = ["model", "num_streams", "width_multiplier", "depth", "params", "mflops", "test_accuracy",
-           "latency_ms", "train_seconds"]
+MULTIPLIER_GRID = [round(0.1 + 0.02 * i, 2) for i in range(496)]  # 0.1 to 10
+INPUT_SIZE = (1, 28, 28)
+COLUMNS = ["model", "num_streams", "width_multiplier", "depth", "params", "mflops", "steps", "seeds",
+           "test_accuracy", "ci95", "chosen_on_val_test_accuracy", "converged", "latency_ms"]
 
 
-def parnet_for_budget(base: str, num_streams: int, budget_params: int, num_classes: int = 10,
+def parnet_for_budget(base: str, num_streams: int, target: int, match: str = "params", num_classes: int = 10,
                       in_chans: int = 1, **kwargs: Any) -> tuple[float, int]:
-    """(width multiplier, parameter count) of `base` with `num_streams` streams closest to `budget_params`."""
+    """(width multiplier, cost) of `base` with `num_streams` streams closest to `target` parameters or FLOPs."""
     def build(multiplier: float) -> nn.Module:
         with torch.device("meta"):
             return create_model(base, num_streams=num_streams, width_multiplier=multiplier, num_classes=num_classes,
                                 in_chans=in_chans, **kwargs)
-    return match_params(build, budget_params, MULTIPLIER_GRID)
+    cost = cost_of(match, (in_chans, *INPUT_SIZE[1:]))
+    if cost(build(1.0)) == target:  # the base itself (its own width): no search, no odd multiplier in its name
+        return 1.0, target
+    return match_budget(build, target, MULTIPLIER_GRID, cost)
+
+
+def stream_label(base: str, n: int, multiplier: float) -> str:
+    return f"{base} {n} stream{'s' if n > 1 else ''} x{multiplier:g}"
 
 
 def run_streams_lab(out: str | Path | None = None, streams: Sequence[int] = DEFAULT_STREAMS,
-                    base: str = "parnet_tiny", budget: Budget | None = None, budget_params: int | None = None,
-                    results: str | None = None,
+                    base: str = "parnet_tiny", budget: Budget | None = None, match: str = "params",
+                    target: int | None = None, results: str | None = None,
                     command: Sequence[str] = ("nondeep", "lab", NAME)) -> tuple[dict[str, Any], Path]:
     budget = budget or Budget()
-    folder, started = lab_folder(out, NAME), time.perf_counter()
-    target = budget_params or param_count(base, num_classes=10, in_chans=1)
+    started = time.perf_counter()
+    target = target or model_cost(base, match, INPUT_SIZE, num_classes=10, in_chans=1)
     runs = []
     for n in streams:
-        multiplier, _ = parnet_for_budget(base, n, target)
-        runs.append(Run(f"{base} {n} stream{'s' if n > 1 else ''} x{multiplier:g}", base,
-                        {"num_streams": n, "width_multiplier": multiplier},
+        multiplier, cost = parnet_for_budget(base, n, target, match)
+        check_matched(f"{base} with {n} streams", cost, target, match)
+        runs.append(Run(stream_label(base, n, multiplier), base, {"num_streams": n, "width_multiplier": multiplier},
                         {"num_streams": n, "width_multiplier": multiplier}))
-    rows = train_and_time(folder, runs, budget)
+    folder = lab_folder(out, NAME)
+    per_seed = run_all(folder, runs, budget)
+    rows = aggregate(per_seed, latency_by_model(per_seed, budget.threads),
+                     extra_columns=["num_streams", "width_multiplier"])
+    reference = max(runs, key=lambda r: r.columns["num_streams"]).label  # the most streams: the paper's choice
     report = {"meta": lab_meta(NAME, budget, [*command, "--streams", *map(str, streams), "--base", base,
-                                              *budget.flags()], started, budget_params=target),
-              "rows": rows}
-    notes = (f"Parameter budget: {target / 1e6:.3f} M. Each stream count uses the width multiplier whose model is "
-             "closest to it (widths are multiples of 8). Depth is measured; latency_ms is the fused model's batch-1 "
-             "median with the streams run one after the other, all models timed side by side.")
-    publish(report, folder, results, "One stream vs several at fixed parameters (nondeep lab streams)", COLUMNS, notes,
-            plot=dict(x="num_streams", y="test_accuracy", title=f"Fashion-MNIST, about {target / 1e6:.2f} M "
-                      "parameters each", xlabel="streams", ylabel="test accuracy (%)"))
+                                              "--match", match, *budget.flags()], started,
+                               matched=match, match_target=target),
+              "rows": rows, "runs": per_seed,
+              "comparisons": compare(per_seed, [(r.label, reference) for r in runs if r.label != reference])}
+    notes = ("Each stream count uses the width multiplier whose model is closest to the matched quantity (widths "
+             "are multiples of 8). Depth is measured; latency_ms is the fused model's batch-1 median with the "
+             "streams run one after the other, one checkpoint per model, all timed side by side.")
+    publish(report, folder, results, "One stream vs several at a fixed budget (nondeep lab streams)", COLUMNS, notes,
+            plot=dict(x="num_streams", y="test_accuracy", title=f"Fashion-MNIST, matched on {match}",
+                      xlabel="streams", ylabel="test accuracy (%), mean ± 95% CI"))
     return report, folder
 
 
 def cmd_streams(args: argparse.Namespace) -> None:
     run_streams_lab(out=args.out, streams=args.streams, base=args.base, budget=budget_from_args(args),
-                    budget_params=args.budget_params, results=args.results)
+                    match=args.match, target=args.budget_target, results=args.results)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(NAME, help="ParNet with 1, 2, 3 streams at equal parameters (default budget: 29 min measured "
-                       "on 2 threads of an idle 2-core machine, 38 min on 1 thread of a busy one; the 1-stream net, "
-                       "all at full resolution, is most of it)")
+    p = sub.add_parser(NAME, help="ParNet with 1, 2, 3 streams at equal parameters (or FLOPs), over seeds")
     p.add_argument("--streams", type=int, nargs="+", default=list(DEFAULT_STREAMS),
                    help="stream counts (default: %(default)s)")
     p.add_argument("--base", default="parnet_tiny", help="ParNet builder; its default size is the budget")
-    p.add_argument("--budget-params", type=int, help="parameter budget (default: the base model's count)")
-    add_common_args(p, NAME, max_train_samples=10000)  # its wide one-stream nets cost up to 7x the FLOPs
+    p.add_argument("--budget-target", type=int, help="parameters or FLOPs to match (default: the base model's)")
+    add_common_args(p, NAME, max_train_samples=10000, match=("params", "flops"))  # 1-stream nets: up to 7x the FLOPs
     p.set_defaults(func=cmd_streams)

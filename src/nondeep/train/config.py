@@ -30,7 +30,9 @@ class TrainConfig:
     out: str | None = None                 # run folder; default runs/<date>-<model>-<data>
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     max_train_samples: int | None = None
-    val_split: float = 0.0
+    # fraction of the training set held out (fixed images, the same for every seed) to choose best.safetensors;
+    # the test split is evaluated once, at the end. 0 = train on all images and select nothing (best = last)
+    val_split: float = 0.1
     # recipe
     epochs: int = 10
     batch_size: int = 256

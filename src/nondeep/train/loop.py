@@ -24,8 +24,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import measure
-from ..checkpoint import load_training_state, save_checkpoint
-from ..data import Augment, DataInfo, build_loaders
+from ..checkpoint import load_model, load_training_state, save_checkpoint
+from ..data import Augment, DataInfo, build_loaders, build_test_loader
 from ..errors import NondeepError
 from ..report import remove_stale_temp_files, write_json, write_text
 from ..reparam import reparameterize_model
@@ -153,6 +153,12 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
             with_indices=getattr(loss_fn, "needs_indices", False), image_size=cfg.image_size,
             in_chans=cfg.in_chans, fit_batches=functools.partial(fit_batches, cfg, device))
         cfg = fitted_config(cfg, train_loader.batch_size, eval_loader.batch_size)  # lowered if out of memory
+    # With a validation split the eval loader is validation, used every epoch and to choose best; the test
+    # split is read once, after training. Without one, the eval loader is the test split and nothing is chosen.
+    selects = cfg.val_split > 0
+    test_loader = (build_test_loader(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.eval_batch_size,
+                                     device=device, image_size=info.image_size[0], in_chans=info.in_chans)
+                   if selects and is_main else eval_loader)
 
     # Model, optimizer, EMA
     model_kwargs = model_kwargs_for(cfg, info.num_classes, info.in_chans)
@@ -274,7 +280,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                     board.flush()
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, eval top-1 "
                       f"{row.get('eval_top1', float('nan')):.2f}%, {row['train_images_per_sec']:.0f} img/s", flush=True)
-                if row["eval_top1"] > best_top1:
+                if row["eval_top1"] > best_top1 or not selects:  # without validation, best = last
                     best_top1 = row["eval_top1"]
                     save(best_path, epoch + 1, 0, partial)
                 save(last_path, epoch + 1, 0, partial)
@@ -286,8 +292,8 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
         board.close()
     if world_size > 1:
         dist.barrier()
-    summary = _finish(cfg, out, model, ema, eval_loader, info, device, history, train_start, stopped_by, nan_steps,
-                      run_meta) if is_main else {}
+    summary = _finish(cfg, out, model, ema, test_loader, info, device, history, train_start, stopped_by, nan_steps,
+                      run_meta, step) if is_main else {}
     if world_size > 1:
         dist.barrier()
     return summary
@@ -310,31 +316,49 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None, eval_loader: Iterable,
+def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None, test_loader: Iterable | None,
             info: DataInfo, device: torch.device, history: list[dict[str, Any]], train_start: float,
-            stopped_by: str | None, nan_steps: int, run_meta: dict[str, Any] | None) -> dict[str, Any]:
-    """Evaluate the final model and its fused form (not when the run was interrupted: resuming finishes it);
-    write summary.json and the training curves."""
+            stopped_by: str | None, nan_steps: int, run_meta: dict[str, Any] | None, steps: int) -> dict[str, Any]:
+    """The test split's one use: the final model, its fused form and the model chosen on validation (best)
+    are evaluated on it (not when the run was interrupted: resuming finishes it). Writes summary.json (which
+    split chose what) and the training curves."""
     final = ema.module if ema is not None else model
-    skipped = {"eval_top1": None, "eval_top5": None}
-    metrics = evaluate(final, eval_loader, device) if not stopped_by else skipped
     fused = reparameterize_model(final)
-    fused_metrics = evaluate(fused, eval_loader, device) if not stopped_by else skipped
+    selects = cfg.val_split > 0
+    best_row = max(history, key=lambda r: r["eval_top1"]) if selects and history else (history[-1] if history else None)
+    test = fused_test = best_test = None
+    if test_loader is not None and not stopped_by:
+        test = evaluate(final, test_loader, device)
+        fused_test = evaluate(fused, test_loader, device)["eval_top1"]
+        best_test = test["eval_top1"]
+        best_path = out / "best.safetensors"
+        if best_row is not None and best_row is not history[-1] and best_path.exists():
+            best_model, _ = load_model(best_path, map_location=device, use_ema=ema is not None)
+            best_test = evaluate(best_model, test_loader, device)["eval_top1"]
     input_size = (info.in_chans, *info.image_size)
     summary = {
-        "model": cfg.model, "data": info.name, "eval_split": "val" if cfg.val_split > 0 else "test",
-        "epochs": len(history), "epochs_planned": cfg.epochs, "stopped_by": stopped_by,
-        "interrupted": stopped_by is not None,
-        "test_accuracy": metrics["eval_top1"], "fused_test_accuracy": fused_metrics["eval_top1"],
-        "test_top5": metrics["eval_top5"], "best_test_accuracy": max((r["eval_top1"] for r in history), default=None),
+        "model": cfg.model, "data": info.name,
+        "eval_split": "val" if selects else "test",
+        "selection": ({"split": "val", "val_split": cfg.val_split, "val_images": info.num_eval, "metric": "eval_top1",
+                       "chooses": "best.safetensors"} if selects else
+                      {"split": None, "note": "val_split 0: trained on every training image, nothing selected "
+                                              "(best.safetensors = last)"}),
+        "epochs": len(history), "epochs_planned": cfg.epochs, "steps": steps, "train_images": info.num_train,
+        "stopped_by": stopped_by, "interrupted": stopped_by is not None,
+        "val_accuracy": history[-1]["eval_top1"] if selects and history else None,
+        "best_epoch": best_row["epoch"] if best_row else None,
+        "best_val_accuracy": best_row["eval_top1"] if selects and best_row else None,
+        "test_accuracy": test["eval_top1"] if test else None, "fused_test_accuracy": fused_test,
+        "test_top5": test["eval_top5"] if test else None, "best_test_accuracy": best_test,
         "params": measure.count_params(final), "fused_params": measure.count_params(fused),
         "depth": measure.depth(model, input_size), "flops": measure.count_flops(fused.cpu(), input_size),
         "train_seconds": time.perf_counter() - train_start, "nan_steps_skipped": nan_steps,
         "device": str(device), "torch": torch.__version__, "date": dt.date.today().isoformat(),
-        "checkpoint": str(out / "last.safetensors"), "out": str(out), **(run_meta or {}),
+        "config": cfg.to_dict(), "checkpoint": str(out / "last.safetensors"), "out": str(out), **(run_meta or {}),
     }
     write_json(out / "summary.json", summary)
     if history:
         from ..plots import plot_training_curves
-        plot_training_curves(history, out / "curves.png", title=f"{cfg.model} on {info.name}")
+        plot_training_curves(history, out / "curves.png", title=f"{cfg.model} on {info.name}",
+                             eval_label="val" if selects else "test")
     return summary

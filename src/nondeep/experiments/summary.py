@@ -1,0 +1,54 @@
+"""`nondeep lab summary DIR`: README's lab table, generated from the lab reports (<lab>.json) in a results folder:
+per lab its command, budget, machine and date, each model's mean test accuracy with its 95% interval, and the
+verdicts the lab computed. Only reports written with seeds (a `comparisons` list) are read."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import NondeepError
+from ._lab import describe_machine
+
+
+def lab_reports(folder: str | Path) -> list[dict[str, Any]]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NondeepError(f"results folder {folder} does not exist: pass the folder the labs wrote (--results)")
+    reports = []
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        if isinstance(report, dict) and "comparisons" in report and "rows" in report and "lab" in report.get("meta", {}):
+            reports.append({**report, "file": path.name})
+    return reports
+
+
+def summary_table(reports: list[dict[str, Any]]) -> str:
+    """A markdown table, one row per lab, every figure taken from its report."""
+    lines = ["| lab | budget | result (test accuracy, mean ± 95% CI over seeds) | verdicts | measured |",
+             "|---|---|---|---|---|"]
+    for report in reports:
+        meta = report["meta"]
+        results = "; ".join(f"{r['model']} {r['test_accuracy']:.2f}" + (f" ± {r['ci95']:.2f}" if r.get("ci95") else "")
+                            + (f" ({r['latency_ms']:.2f} ms)" if r.get("latency_ms") else "") for r in report["rows"])
+        verdicts = "; ".join(c["verdict"] for c in report["comparisons"])
+        matched = f", matched on {meta['matched']}" if meta.get("matched") else ""
+        lines.append(f"| [{meta['lab']}](docs/results/{meta['lab']}.md) | {meta['budget_text']}{matched} | {results} | "
+                     f"{verdicts} | `{meta['command']}`; {describe_machine(meta['machine'])}; {meta['date'][:10]} |")
+    return "\n".join(lines)
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    reports = lab_reports(args.results_dir)
+    if not reports:
+        raise NondeepError(f"no lab report with seeds in {args.results_dir}: run a lab with --results "
+                           f"{args.results_dir} first")
+    print(summary_table(reports))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="README's lab table from the lab reports (<lab>.json) in a results folder")
+    p.add_argument("results_dir", help="folder holding the labs' JSON reports (e.g. docs/results)")
+    p.set_defaults(func=cmd_summary)

@@ -1,0 +1,116 @@
+"""Time to accuracy: training seconds until a model's test accuracy, measured at the end of each epoch, first
+reaches a target. Models of equal size are compared (parnet_tiny against pre-act ResNet-20 and -56, and
+ResNet-18 as a larger reference), each with its schedule chosen on validation:
+
+1. tuning, on validation only: each model trains with each planned epoch count of the grid (the one-cycle
+   schedule spans it) on the training set less the validation split; the epoch count whose run reaches the
+   target on validation in the fewest epochs is chosen (ties: the shorter schedule; none: the longest);
+2. measuring: with that schedule each model trains on the whole training set with several seeds; the test split
+   is evaluated after every epoch, and only to read off when the target was first reached.
+Training seconds exclude evaluation. The runs go one after another in one process, the machine's load recorded
+beside them; the verdicts compare time to target (Welch interval over the seeds)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..report import format_table, write_json, write_text
+from ..stats import estimate, welch
+from ._lab import Budget, Run, _history, describe_machine, lab_meta, train_run
+
+NAME = "time_to_accuracy"
+DEFAULT_MODELS = ("parnet_tiny", "preact_resnet_20", "preact_resnet_56", "resnet18_small_image")
+
+
+def seconds_to_target(history: Sequence[dict[str, float]], target: float) -> tuple[float | None, int | None]:
+    """(training seconds until the first epoch whose eval_top1 >= target, that epoch), or (None, None)."""
+    seconds = 0.0
+    for row in history:
+        seconds += row["epoch_seconds"]
+        if row["eval_top1"] >= target:
+            return seconds, int(row["epoch"])
+    return None, None
+
+
+def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MODELS, target: float = 93.0,
+                         epoch_grid: Sequence[int] = (2, 4, 8), budget: Budget | None = None,
+                         results: str | None = None, command: Sequence[str] = ()) -> dict[str, Any]:
+    """Tune each model's epoch count on validation, then time it to `target` on test over budget.seeds seeds."""
+    budget = budget or Budget(seeds=3, max_train_samples=None, threads=1)
+    folder, started = Path(folder), time.perf_counter()
+    tuning, rows, seconds = [], [], {}
+    for model in models:
+        reached_at = {}  # planned epochs -> the epoch that reached the target on validation
+        for epochs in epoch_grid:
+            summary = train_run(folder / "tuning", Run(f"{model}-{epochs}ep", model), budget, budget.seed,
+                                epochs=epochs)
+            reached, epoch = seconds_to_target(_history(Path(summary["out"])), target)
+            if epoch is not None:
+                reached_at[epochs] = epoch
+            tuning.append({"model": model, "epochs_planned": epochs, "val_seconds_to_target": reached,
+                           "val_epoch_reached": epoch, "final_val_accuracy": summary["val_accuracy"]})
+        # an epoch of one model costs the same in every schedule, so the soonest is the fewest epochs: compared
+        # in epochs, not in noisy seconds (ties: the shorter schedule)
+        chosen = min(reached_at, key=lambda e: (reached_at[e], e)) if reached_at else max(epoch_grid)
+        per_seed = []
+        for seed in budget.seed_list:  # measuring: all training images, the test split read after each epoch
+            summary = train_run(folder / "measure", Run(f"{model}-{chosen}ep", model), budget, seed, epochs=chosen,
+                                val_split=0.0)
+            reached, epoch = seconds_to_target(_history(Path(summary["out"])), target)
+            per_seed.append({"seed": seed, "seconds_to_target": reached, "epoch_reached": epoch,
+                             "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"]})
+        hit = [r["seconds_to_target"] / 60 for r in per_seed if r["seconds_to_target"] is not None]
+        seconds[model] = hit if len(hit) == len(per_seed) else None
+        minutes = estimate(hit) if hit else None
+        rows.append({"model": model, "params": summary["params"], "depth": summary["depth"],
+                     "mflops": round(summary["flops"] / 1e6, 2), "epochs_chosen_on_val": chosen,
+                     "seeds_reaching_target": f"{len(hit)}/{len(per_seed)}", "all_reached": seconds[model] is not None,
+                     "minutes_to_target": minutes.mean if minutes else None,
+                     "ci95": minutes.half_width if minutes else None,
+                     "final_test_accuracy": estimate([r["test_accuracy"] for r in per_seed]).mean, "runs": per_seed})
+    reference = models[0]
+    comparisons = [welch(seconds[m], seconds[reference], m, reference).as_dict() | {"unit": "minutes"}
+                   for m in models[1:] if seconds[m] and seconds[reference]]
+    for c in comparisons:
+        c["verdict"] = _time_verdict(c)
+    report = {"meta": lab_meta(NAME, budget, command or ["nondeep.experiments.time_to_accuracy"], started,
+                               target=target, epoch_grid=list(epoch_grid)),
+              "rows": rows, "tuning": tuning, "comparisons": comparisons}
+    _write(report, folder, results)
+    return report
+
+
+def _time_verdict(c: dict[str, Any]) -> str:
+    """The verdict on time to target: 'A slower than B by x minutes' (the interval excludes zero) or level."""
+    if c["low"] is None:
+        return f"{c['a']} vs {c['b']}: one seed on a side, no verdict"
+    interval = f"95% CI [{c['low']:+.2f}, {c['high']:+.2f}] min"
+    if not c["decided"]:
+        return f"{c['a']} vs {c['b']}: no detectable difference in time to target ({c['diff']:+.2f} min, {interval})"
+    slower, faster = (c["a"], c["b"]) if c["diff"] > 0 else (c["b"], c["a"])
+    return f"{slower} slower to target than {faster} by {abs(c['diff']):.2f} min ({interval})"
+
+
+def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
+    meta, rows = report["meta"], report["rows"]
+    columns = ["model", "params", "depth", "mflops", "epochs_chosen_on_val", "seeds_reaching_target",
+               "minutes_to_target", "ci95", "final_test_accuracy"]
+    unreached = [r["model"] for r in rows if not r["all_reached"]]
+    markdown = (f"# Time to {meta['target']}% test accuracy\n\n- command: `{meta['command']}`\n"
+                f"- budget: {meta['budget_text']}; epoch counts tried on validation: {meta['epoch_grid']}\n"
+                f"- machine: {describe_machine(meta['machine'])}\n- date: {meta['date']}; took "
+                f"{meta['total_seconds'] / 60:.1f} min\n\n{format_table(rows, columns)}\n\n"
+                "minutes_to_target: training minutes (evaluation excluded) until the test accuracy measured after an "
+                "epoch first reached the target, mean over the seeds that reached it; ci95: half width of its 95% "
+                "interval. The epoch count of each model was chosen on validation (tuning table in the JSON).\n\n"
+                + "".join(f"- {c['verdict']}\n" for c in report["comparisons"])
+                + (f"\nNot every seed reached the target for: {', '.join(unreached)} (no time comparison for them).\n"
+                   if unreached else ""))
+    for target in [folder, *([Path(results)] if results else [])]:
+        write_json(target / f"{NAME}.json", report)
+        write_text(target / f"{NAME}.md", markdown)
+    print(format_table(rows, columns))
+    for c in report["comparisons"]:
+        print(f"- {c['verdict']}")
