@@ -8,7 +8,7 @@ import torch
 
 from conftest import randomize_bn
 from nondeep import create_model, reparameterize_model
-from nondeep.bench import FORMS, ROW_FIELDS, benchmark_model, check_row, speedup
+from nondeep.bench import FORMS, ROW_FIELDS, benchmark_model, check_row, speedup, summarize
 from nondeep.cli import main
 from nondeep.errors import NondeepError
 from nondeep.parallel import DeviceUnavailableError, NotStreamParallelError, StreamParallel
@@ -103,21 +103,37 @@ def test_gpu_modes_match_sequential(mode):
 def test_benchmark_rows_follow_the_schema():
     rows = benchmark_model("parnet_tiny", input_size=(1, 28, 28), batch_sizes=(1, 2), threads=2, repeats=3,
                            warmup=1, stream_parallel=True)
-    assert {r["form"] for r in rows} == {"unfused", "fused", "stream_parallel"} <= set(FORMS)
+    assert {r["form"] for r in rows} == {"unfused", "fused", "streams"} <= set(FORMS)
     assert len(rows) == 6
     for row in json.loads(json.dumps(rows)):  # survives JSON
         check_row(row)
         assert set(ROW_FIELDS) <= set(row)
         assert row["model"] == "parnet_tiny" and row["depth"] == 12 and row["threads"] == 2
-        assert row["infer_step_time_p10"] <= row["infer_step_time"] <= row["infer_step_time_p90"]
         assert row["roof_fraction"] == pytest.approx(row["achieved_gflops"] / row["roof_gflops"])
+        # The roof is the highest of the rates measured in this run (matmul and conv, float32 on a CPU).
+        assert row["roof_gflops"] == max(row["roof_components"].values())
+        assert {k.split()[0] for k in row["roof_components"]} == {"matmul", "conv"}
+        assert row["precision"] == "float32" and row["machine"] and row["section"]
         assert row["infer_samples_per_sec"] == pytest.approx(1000 * row["infer_batch_size"] / row["infer_step_time"])
+    streams = [r for r in rows if r["form"] == "streams"]
+    assert all(r["rel_err"] <= r["tolerance"] == 1e-5 for r in streams)
+    # The streams form switches thread counts inside its calls: it is timed in a section of its own.
+    assert {r["section"] for r in streams}.isdisjoint({r["section"] for r in rows if r["form"] != "streams"})
     fused = next(r for r in rows if r["form"] == "fused")
     unfused = next(r for r in rows if r["form"] == "unfused")
     assert fused["param_count"] < unfused["param_count"] and fused["infer_gmacs"] < unfused["infer_gmacs"]
-    assert speedup(rows, "unfused", "fused") > 0
+    assert speedup(rows, "unfused", "fused") == unfused["infer_step_time"] / fused["infer_step_time"]
+    assert speedup(rows, "unfused", "missing") is None
     with pytest.raises(ValueError, match="lacks"):
         check_row({k: v for k, v in rows[0].items() if k != "roof_fraction"})
+
+
+def test_summarize_is_the_median_and_the_inclusive_deciles():
+    lat = summarize([5.0, 1.0, 4.0, 2.0, 3.0, 10.0, 6.0, 9.0, 7.0, 8.0], batch_size=4)
+    assert (lat.median_ms, lat.repeats, lat.batch_size) == (5.5, 10, 4)
+    assert lat.p10_ms == pytest.approx(1.9) and lat.p90_ms == pytest.approx(9.1)  # 1 + 0.1 * 9, 10 - 0.1 * 9
+    one = summarize([3.0], batch_size=1)
+    assert (one.median_ms, one.p10_ms, one.p90_ms) == (3.0, 3.0, 3.0)
 
 
 def test_benchmark_model_without_fusable_blocks_is_eager():

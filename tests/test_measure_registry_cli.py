@@ -1,5 +1,6 @@
 """Measured depth on any traceable model, FLOPs, latency, the registry and the command line."""
 
+import statistics
 import subprocess
 import sys
 
@@ -35,7 +36,7 @@ class ShapeBranching(nn.Module):
 
 
 def test_depth_falls_back_to_export_for_untraceable_models():
-    with pytest.raises(Exception):
+    with pytest.raises(torch.fx.proxy.TraceError, match="cannot be used as inputs to control flow"):
         torch.fx.symbolic_trace(ShapeBranching())
     assert measure.depth(ShapeBranching(), input_size=(3, 16, 16)) == 3
 
@@ -58,9 +59,32 @@ def test_flops_params_and_latency():
     assert measure.count_flops(model, (3, 2, 2)) == 2 * 12 * 5
     assert measure.count_flops(model, (3, 2, 2), batch_size=4) == 4 * 2 * 12 * 5
     assert measure.count_params(model) == 12 * 5 + 5
-    lat = measure.latency(model, (3, 2, 2), batch_size=2, warmup=1, repeats=5)
-    assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms and lat.samples_per_sec > 0
-    assert measure.matmul_peak_gflops(size=256, repeats=3) > 0
+
+
+class _Clock:
+    """perf_counter for measure.py: each timed call takes the next of `durations_ms`."""
+
+    def __init__(self, durations_ms):
+        self.durations, self.now, self.started = list(durations_ms), 0.0, False
+
+    def __call__(self):
+        if self.started:
+            self.now += self.durations.pop(0) / 1000.0
+        self.started = not self.started
+        return self.now
+
+
+def test_latency_and_roof_are_the_median_and_deciles_of_the_timed_calls(monkeypatch):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    durations = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0, 6.0, 9.0, 7.0, 8.0]  # ms, in call order
+    monkeypatch.setattr(measure.time, "perf_counter", _Clock(durations))
+    lat = measure.latency(model, (3, 2, 2), batch_size=2, warmup=1, repeats=10)
+    deciles = statistics.quantiles(durations, n=10)
+    assert (lat.median_ms, lat.p10_ms, lat.p90_ms) == pytest.approx((5.5, deciles[0], deciles[-1]))  # 5.5, 1.1, 9.9
+    assert lat.repeats == 10
+    assert lat.samples_per_sec == pytest.approx(1000 * 2 / 5.5)
+    monkeypatch.setattr(measure.time, "perf_counter", _Clock([4.0, 2.0, 3.0]))
+    assert measure.matmul_peak_gflops(size=64, repeats=3) == pytest.approx(2 * 64 ** 3 / 0.003 / 1e9)
 
 
 def test_registry_names_filter_and_unknown_model():

@@ -177,7 +177,7 @@ def _write_image_folder(root, classes):
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # trained once for the module; each case checks it is left untouched
 def trained(tiny_fashion, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
     assert main(["train", "--data-dir", str(tiny_fashion), "--out", str(out), *TRAIN_ARGS, "--epochs", "1"]) == 0

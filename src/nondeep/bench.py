@@ -1,22 +1,25 @@
-"""Inference benchmarks: latency, throughput and the fraction of the machine's matmul roof, fused and unfused.
+"""Inference benchmarks: latency, throughput and the fraction of the device's roof, for every inference form.
 
     from nondeep.bench import benchmark_model
-    rows = benchmark_model("parnet_s", batch_sizes=(1, 32), threads=2)   # one dict per (form, batch size)
+    rows = benchmark_model("parnet_s", batch_sizes=(1, 32), threads=2, forms=["onnxruntime", "streams"])
 
 Each row uses timm's benchmark.py field names where the meaning is the same (`model`, `param_count` in
 millions, `infer_samples_per_sec`, `infer_step_time` in ms per batch, `infer_batch_size`, `infer_img_size`,
-`infer_gmacs` per sample) plus nondeep's own: `form` (see FORMS), `depth` (measured, nondeep.measure.depth),
-`infer_step_time_p10` / `_p90` (the spread), `achieved_gflops` (FLOPs of the timed forward / median time),
-`roof_gflops` (float32 2048x2048 matmul GFLOP/s on the same threads, measured in the same run) and
-`roof_fraction` (their ratio), `threads`, `device`, `torch_version`, `date`.
+`infer_gmacs` per sample) plus nondeep's own: `form` (see FORMS), `precision`, `depth` (measured,
+nondeep.measure.depth), `infer_step_time_p10` / `_p90` (the spread), `achieved_gflops` (FLOPs of the timed
+forward / median time), `roof_gflops` (nondeep.inference.roof: the highest rate measured on the device in the
+same run, a large matmul and a large conv, in the form's precision), `roof_components` (every measured rate),
+`roof_fraction` (their ratio: above 1 is a bug, `check_row` raises), `threads`, `section`, `device`,
+`machine`, `cpu_simd`, `torch_version`, `date`, `loadavg_before` / `_after`, and for the forms of
+nondeep.inference `rel_err` (against the fused float32 eager model, same input) and `tolerance`.
 
-The forms of one model are timed in interleaved rounds (A, B, A, B, ...), not one after the other, so a
-background load that comes and goes weighs on all of them alike; `background_cpu` records how busy the
-machine's CPUs were (other processes) just before timing.
-
-A roof fraction above 1 is possible: the roof is a matmul (MKL sgemm for float32 on CPU), and a CPU's
-convolution library (oneDNN) can beat the BLAS on some CPUs (e.g. MKL on AMD CPUs). It is the reference
-number the project agreed on, not the hardware's peak.
+Timing: the candidates are grouped in sections, one per thread regime (torch on N intra-op threads; ONNX
+Runtime on its own pool; stream-parallel threads, which switch the caller's thread count inside each call), so
+that no thread count changes between the calls of one section. Within a section the candidates are timed in
+interleaved rounds (A, B, A, B, ...); the sections themselves take turns round by round, each visit starting
+with untimed calls that let the previous section's thread pools go quiet. `background_cpu` records how busy
+the CPUs were (other processes) just before timing, `loadavg_before` / `_after` the 1-min load average at the
+start and end of the candidate's section.
 """
 
 from __future__ import annotations
@@ -36,16 +39,17 @@ from torch import nn
 from . import measure
 from .errors import NondeepError
 from .models import create_model
-from .parallel import DeviceUnavailableError, StreamParallel, intra_op_threads, is_stream_parallel_capable
+from .inference.forms import (FORMS as INFERENCE_FORMS, PRECISIONS, TOLERANCE, ModelVariants, Runner, build_runner,
+                              check_form, precision_flags, relative_error, resolve_precision)
+from .inference.roof import Roof, RoofComponent, device_info, machine_line, measure_roof
+from .parallel import DeviceUnavailableError, NotStreamParallelError, intra_op_threads
 from .reparam import reparameterize_model
 
 log = logging.getLogger(__name__)
 
-FORMS = ("unfused", "fused", "eager", "compiled", "stream_parallel", "onnxruntime")
+FORMS = ("unfused", "fused", "eager", *(f for f in INFERENCE_FORMS if f != "eager"))
 """unfused: the training-form model in eval mode; fused: after reparameterize_model; eager: a model with nothing
-to fuse (e.g. a ResNet); compiled: torch.compile of the fused (or eager) model; stream_parallel:
-nondeep.parallel.StreamParallel of the fused model ("threads" on CPU, "cuda_streams" on a GPU); onnxruntime:
-the fused model exported with nondeep.export (benchmarks/bench_latency.py)."""
+to fuse (e.g. a ResNet); the rest are the forms of nondeep.inference (FORMS there) built on the fused model."""
 
 DEFAULT_REPEATS = 30
 DEFAULT_WARMUP = 5
@@ -55,12 +59,14 @@ ROW_FIELDS: dict[str, type | tuple[type, ...]] = {
     "model": str, "form": str, "param_count": float, "depth": (int, type(None)), "infer_batch_size": int,
     "infer_img_size": int, "input_size": list, "infer_gmacs": float, "infer_step_time": float,
     "infer_step_time_p10": float, "infer_step_time_p90": float, "infer_samples_per_sec": float,
-    "achieved_gflops": float, "roof_gflops": float, "roof_fraction": float, "channels_last": bool,
-    "compile_time_s": (float, type(None)), "stream_mode": (str, type(None)), "threads": int, "device": str,
-    "repeats": int, "warmup": int, "background_cpu": (float, type(None)), "torch_version": str, "date": str,
+    "achieved_gflops": float, "roof_gflops": float, "roof_fraction": float, "roof_components": dict,
+    "precision": str, "channels_last": bool, "compile_time_s": (float, type(None)), "stream_mode": (str, type(None)),
+    "threads": int, "section": str, "device": str, "machine": str, "cpu_simd": str, "repeats": int, "warmup": int,
+    "background_cpu": (float, type(None)), "loadavg_before": float, "loadavg_after": float, "torch_version": str,
+    "date": str,
 }
 
-TABLE_COLUMNS = ["model", "form", "infer_batch_size", "infer_step_time", "infer_step_time_p10", "infer_step_time_p90",
+TABLE_COLUMNS = ["model", "form", "precision", "threads", "infer_batch_size", "infer_step_time", "infer_step_time_p10", "infer_step_time_p90",
                  "infer_samples_per_sec", "param_count", "infer_gmacs", "depth", "achieved_gflops", "roof_fraction"]
 
 
@@ -126,6 +132,32 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: in
     return times
 
 
+def time_sections(sections: dict[str, tuple[int | None, dict[Any, Callable[[], Any]]]], repeats: int, warmup: int,
+                  device: torch.device, rounds: int | None = None,
+                  settle: int = 2) -> tuple[dict[Any, list[float]], dict[str, tuple[float, float]]]:
+    """Per-call wall times (ms) of each function of each section {name: (intra-op threads, {key: fn})}.
+
+    Within a section the functions take turns (time_interleaved); the sections take turns round by round, under
+    their own thread count (None: leave it). A visit after the first starts with `settle` untimed calls each
+    when there are several sections. Returns the times and each section's 1-min load average at its first and
+    last visit."""
+    rounds = max(1, min(rounds or 5, repeats))
+    per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    times: dict[Any, list[float]] = {k: [] for _, fns in sections.values() for k in fns}
+    load: dict[str, list[float]] = {name: [] for name in sections}
+    for r, count in enumerate(per_round):
+        for name, (threads, fns) in sections.items():
+            with intra_op_threads(threads):
+                if r == 0:
+                    load[name].append(os.getloadavg()[0])
+                first = warmup if r == 0 else (settle if len(sections) > 1 else 0)
+                for key, values in time_interleaved(fns, count, first, device, rounds=1).items():
+                    times[key] += values
+            if r == len(per_round) - 1:
+                load[name].append(os.getloadavg()[0])
+    return times, {name: (v[0], v[-1]) for name, v in load.items()}
+
+
 def summarize(times: Sequence[float], batch_size: int) -> measure.Latency:
     """Median and 10th/90th percentiles (the median itself when there are too few samples for deciles)."""
     median = statistics.median(times)
@@ -180,6 +212,9 @@ class Candidate:
     compile_time_s: float | None = None
     stream_mode: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    precision: str = "float32"
+    threads: int | None = None  # intra-op threads of its section (default: the call's)
+    section: str | None = None  # its timing section (default: "torch N threads")
 
 
 def module_candidate(module: nn.Module, model: str, form: str, input_size: Sequence[int], *,
@@ -193,84 +228,117 @@ def module_candidate(module: nn.Module, model: str, form: str, input_size: Seque
 def time_candidates(candidates: Sequence[Candidate], batch_size: int = 1, repeats: int = DEFAULT_REPEATS,
                     warmup: int = DEFAULT_WARMUP, threads: int | None = None, device: str | torch.device = "cpu",
                     peak_gflops: float | None = None, rounds: int | None = None,
-                    quiet_wait_s: float = 0.0) -> list[dict[str, Any]]:
-    """Time the candidates against each other in interleaved rounds (inference mode, `threads` intra-op
-    threads); one row (see ROW_FIELDS) per candidate. The roof is measured now unless `peak_gflops` is given."""
+                    quiet_wait_s: float = 0.0, roof: Roof | None = None,
+                    inputs: Sequence[torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """Time the candidates against each other (inference mode), in sections by thread regime and interleaved
+    rounds within each (see the module's doc); one row (see ROW_FIELDS) per candidate. The roof is `roof`, else
+    `peak_gflops` (one given rate), else measured now (nondeep.inference.roof.measure_roof). `inputs`: one
+    prepared input per candidate (default: random, in its precision and memory format)."""
     device = resolve_device(device)
     threads = threads or torch.get_num_threads()
-    rows: list[dict[str, Any]] = []
+    info = device_info(device)
+    measured_here = roof is None and not peak_gflops
     with intra_op_threads(threads):
-        roof = float(peak_gflops or measure.matmul_peak_gflops(device=device))
-        inputs = []
-        for c in candidates:
-            x = torch.randn(batch_size, *c.input_size, device=device)
-            inputs.append(x.contiguous(memory_format=torch.channels_last) if c.channels_last else x)
-        background = wait_for_quiet(quiet_wait_s)
-        date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        with torch.inference_mode():
-            fns = {i: (lambda c=c, x=x: c.fn(x)) for i, (c, x) in enumerate(zip(candidates, inputs))}
-            times = time_interleaved(fns, repeats, warmup, device, rounds)
+        if roof is None:
+            if peak_gflops:
+                roof = Roof(str(device), threads, [RoofComponent("given", "float32", "given", "", float(peak_gflops))])
+            else:
+                roof = measure_roof(device, tuple({c.precision for c in candidates}), threads,
+                                    onnxruntime=any(c.form == "onnxruntime" for c in candidates))
+        if inputs is None:
+            inputs = []
+            for c in candidates:
+                x = torch.randn(batch_size, *c.input_size, device=device, dtype=PRECISIONS[c.precision])
+                inputs.append(x.contiguous(memory_format=torch.channels_last) if c.channels_last else x)
+    sections: dict[str, tuple[int | None, dict[Any, Callable[[], Any]]]] = {}
+    names = []
+    for i, (c, x) in enumerate(zip(candidates, inputs)):
+        cpu_threads = c.threads or threads
+        name = c.section or f"torch {cpu_threads} threads"
+        names.append(name)
+        sections.setdefault(name, (cpu_threads if device.type == "cpu" else None, {}))[1][i] = (
+            lambda c=c, x=x: c.fn(x))
+    background = wait_for_quiet(quiet_wait_s)
+    date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    with torch.inference_mode():
+        times, load = time_sections(sections, repeats, warmup, device, rounds)
+    if measured_here:  # measured again after: the roof is the best rate seen in the run
+        with intra_op_threads(threads):
+            roof = roof.merge(measure_roof(device, tuple({c.precision for c in candidates}), threads,
+                                           onnxruntime=any(c.form == "onnxruntime" for c in candidates)))
+    rows: list[dict[str, Any]] = []
     for i, c in enumerate(candidates):
         lat = summarize(times[i], batch_size)
         achieved = c.flops * batch_size / (lat.median_ms / 1000.0) / 1e9
+        roof_gflops = roof.gflops(c.precision)
         rows.append({
-            "model": c.model, "form": c.form, "param_count": round(c.params / 1e6, 4), "depth": c.depth,
-            "infer_batch_size": int(batch_size), "infer_img_size": int(c.input_size[-1]),
+            "model": c.model, "form": c.form, "precision": c.precision, "param_count": round(c.params / 1e6, 4),
+            "depth": c.depth, "infer_batch_size": int(batch_size), "infer_img_size": int(c.input_size[-1]),
             "input_size": list(c.input_size), "infer_gmacs": round(c.flops / 2 / 1e9, 4),
             "infer_step_time": lat.median_ms, "infer_step_time_p10": lat.p10_ms, "infer_step_time_p90": lat.p90_ms,
-            "infer_samples_per_sec": lat.samples_per_sec, "achieved_gflops": achieved, "roof_gflops": roof,
-            "roof_fraction": achieved / roof, "channels_last": bool(c.channels_last),
-            "compile_time_s": c.compile_time_s, "stream_mode": c.stream_mode, "threads": int(threads),
-            "device": str(device), "repeats": len(times[i]), "warmup": int(warmup), "background_cpu": background,
+            "infer_samples_per_sec": lat.samples_per_sec, "achieved_gflops": achieved, "roof_gflops": roof_gflops,
+            "roof_fraction": achieved / roof_gflops, "roof_components": roof.components_for(c.precision),
+            "channels_last": bool(c.channels_last), "compile_time_s": c.compile_time_s,
+            "stream_mode": c.stream_mode, "threads": int(c.threads or threads), "section": names[i],
+            "device": str(device), "machine": machine_line(info), "cpu_simd": info["cpu_simd"],
+            "repeats": len(times[i]), "warmup": int(warmup), "background_cpu": background,
+            "loadavg_before": load[names[i]][0], "loadavg_after": load[names[i]][1],
             "torch_version": torch.__version__, "date": date, **c.extra,
         })
     return rows
 
 
-def compile_candidate(module: nn.Module, model: str, input_size: Sequence[int], *, depth: int | None = None,
-                      channels_last: bool = False, device: str | torch.device = "cpu",
-                      flops_of: nn.Module | None = None, **compile_kwargs: Any) -> Candidate:
-    """torch.compile(module) (static shapes), compiled now by one call whose wall time is `compile_time_s`."""
-    device = torch.device(device)
-    compiled = torch.compile(module, dynamic=False, **compile_kwargs)  # one static graph per batch size
-    sample = torch.randn(1, *input_size, device=device)
-    if channels_last:
-        sample = sample.contiguous(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        compiled(sample)
-        _sync_fn(device)()
-    elapsed = time.perf_counter() - start
-    counted = flops_of if flops_of is not None else module
-    return Candidate(model, "compiled", compiled, tuple(int(s) for s in input_size),
-                     measure.count_flops(counted, input_size), measure.count_params(counted), depth,
-                     channels_last=channels_last, compile_time_s=elapsed)
+def _strict_float32(fn: Callable[[torch.Tensor], Any], device: torch.device) -> Callable[[torch.Tensor], Any]:
+    def run(x: torch.Tensor) -> Any:
+        with precision_flags("float32", device):
+            return fn(x)
+    return run
+
+
+def runner_candidate(runner: Runner, model: str, input_size: Sequence[int], flops: int, params: int,
+                     depth: int | None = None) -> Candidate:
+    """A Candidate that times a nondeep.inference form (its bare `fn` on an input it has prepared). `flops` and
+    `params` are the fused model's: every form computes the same math."""
+    stream_mode = None
+    if INFERENCE_FORMS[runner.form].streams:
+        stream_mode = "cuda_streams" if runner.device.type == "cuda" else "threads"
+    compiled = runner.form.startswith("compiled")
+    return Candidate(model, runner.form, runner.fn, tuple(int(s) for s in input_size), flops, params, depth,
+                     channels_last=runner.channels_last, compile_time_s=runner.build_s if compiled else None,
+                     stream_mode=stream_mode, extra={"build_s": runner.build_s, **runner.extra},
+                     precision=runner.precision, threads=runner.threads, section=runner.section)
 
 
 def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | None = None,
                     batch_sizes: Sequence[int] = (1, 32), threads: int | None = None,
                     device: str | torch.device = "cpu", fused_and_unfused: bool = True,
-                    channels_last: bool = False, compile: bool = False, stream_parallel: bool | str = False,
-                    repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP, *, in_chans: int | None = None,
-                    num_classes: int | None = None, peak_gflops: float | None = None,
-                    model_name: str | None = None, rounds: int | None = None,
-                    quiet_wait_s: float = 0.0) -> list[dict[str, Any]]:
-    """Time one model's inference forms at each batch size; one row (dict, see ROW_FIELDS) per (batch, form).
+                    channels_last: bool = False, compile: bool = False, stream_parallel: bool = False,
+                    repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP, *, forms: Sequence[str] = (),
+                    precisions: Sequence[str] = ("float32",), in_chans: int | None = None,
+                    num_classes: int | None = None, peak_gflops: float | None = None, roof: Roof | None = None,
+                    model_name: str | None = None, rounds: int | None = None, quiet_wait_s: float = 0.0,
+                    thread_counts: Sequence[int] | None = None,
+                    failures: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Time one model's inference forms at each batch size; one row (dict, see ROW_FIELDS) per (batch, form,
+    precision).
 
     name_or_model: a registry name (anything nondeep.create_model takes, e.g. "parnet_s",
         "torchvision:resnet18") or an nn.Module (`model_name` labels it).
     input_size: (C, H, W); default the model's config. in_chans/num_classes go to create_model.
     threads: intra-op threads for the timing (restored afterwards); default torch's current count.
     fused_and_unfused: time the training form (eval mode) next to the fused one; a model with nothing to fuse
-        is timed once, as form "eager".
-    channels_last: models and inputs in channels-last memory format (every form).
-    compile: also time torch.compile of the fused model; the first (compiling) call is timed separately
-        as `compile_time_s`, then it is warmed up like the others.
-    stream_parallel: also time nondeep.parallel.StreamParallel of the fused model (ParNets only); True picks
-        "threads" on CPU and "cuda_streams" on a GPU, or name the mode.
-    repeats/warmup: timed/untimed calls per form and batch size; the timed ones are spread over `rounds`
-        interleaved rounds.
-    peak_gflops: the roof; default nondeep.measure.matmul_peak_gflops on the same threads and device, now.
+        is timed once, as form "eager". These rows are float32, in the layout `channels_last` says.
+    forms: forms of nondeep.inference (FORMS there: "channels_last", "compiled", "onnxruntime", "streams",
+        "graph", "streams_graph", "compiled_graph", or "eager" in a reduced precision) built on the fused model,
+        in each of `precisions`; `compile` adds "compiled" and `stream_parallel` adds "streams". A form the
+        device cannot run is a NondeepError; a streams form on a model without streams is skipped (logged).
+        Each form's output is compared with the fused float32 eager model's on the timed input (`rel_err`,
+        `tolerance` in its rows); a form that fails to build is logged and appended to `failures`. An item
+        "FORM:PRECISION" (e.g. "compiled_graph:float16") is built in that precision only.
+    thread_counts: on a CPU, the intra-op thread counts of the torch and ONNX Runtime forms (default
+        [threads]); each count is a timing section of its own. Compiled and streams forms use `threads`.
+    repeats/warmup: timed/untimed calls per form and batch size (see time_candidates for the sections).
+    roof / peak_gflops: the roof; default measured now (nondeep.inference.roof.measure_roof).
     quiet_wait_s: wait up to this long for other processes to leave the CPUs before timing.
     """
     device = resolve_device(device)
@@ -282,9 +350,11 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
     label = model_name or label
     threads = threads or torch.get_num_threads()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    forms = list(dict.fromkeys([*forms, *(["compiled"] if compile else []), *(["streams"] if stream_parallel else [])]))
+    precisions = list(dict.fromkeys(resolve_precision(p) for p in precisions))
 
     model = model.eval()
-    parallel: StreamParallel | None = None
+    runners: list[Runner] = []
     with intra_op_threads(threads):
         try:
             depth: int | None = measure.depth(model, size)
@@ -293,34 +363,86 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
             depth = None
         fusable = _has_fusable_blocks(model)
         eager = reparameterize_model(model) if fusable else model
-        forms: list[tuple[str, nn.Module]] = [("fused" if fusable else "eager", eager)]
-        if fusable and fused_and_unfused:
-            forms.insert(0, ("unfused", model))
-        for _, m in forms:
+        wanted = []
+        for item in forms:
+            form, _, only = item.partition(":")
+            for precision in ([resolve_precision(only)] if only else precisions):
+                one_count = device.type != "cpu" or form == "compiled" or (
+                    form in INFERENCE_FORMS and INFERENCE_FORMS[form].streams)
+                for count in [threads] if one_count else (thread_counts or [threads]):
+                    if form == "eager" and precision == "float32" and count == threads:
+                        continue  # that is the fused (or eager) row itself
+                    try:
+                        check_form(form, device, eager, precision)
+                    except NotStreamParallelError:
+                        log.warning("%s has no parallel streams: no %s row", label, form)
+                        continue
+                    wanted.append((form, precision, count))
+        base = [("fused" if fusable else "eager", eager)] + ([("unfused", model)] if fusable and fused_and_unfused
+                                                              else [])
+        flops, params = measure.count_flops(eager, size), measure.count_params(eager)
+        example = torch.randn(1, *size)
+        variants = ModelVariants(eager, device)  # one copy per (dtype, memory format), shared by the forms
+        for form, precision, count in wanted:
+            try:
+                runners.append(build_runner(eager, form, device, precision, count, example, variants))
+            except NondeepError:
+                raise
+            except Exception as err:  # a compiler or a capture that fails: report it, time the rest
+                log.warning("%s: form %s (%s) failed to build: %s: %s", label, form, precision,
+                            type(err).__name__, err)
+                if failures is not None:
+                    failures.append({"model": label, "form": form, "precision": precision,
+                                     "error": f"{type(err).__name__}: {err}"})
+        for _, m in base:
             m.to(device=device, memory_format=memory_format)
-        common = dict(depth=depth, channels_last=channels_last)
-        candidates = [module_candidate(m, label, form, size, **common) for form, m in forms]
-        if compile:
-            candidates.append(compile_candidate(eager, label, size, device=device, **common))
-        if stream_parallel:
-            if is_stream_parallel_capable(eager):
-                mode = stream_parallel if isinstance(stream_parallel, str) else (
-                    "cuda_streams" if device.type == "cuda" else "threads")
-                parallel = StreamParallel(eager, mode, devices=[device] if device.type == "cuda" else None)
-                candidates.append(module_candidate(parallel, label, "stream_parallel", size, flops_of=eager,
-                                                   stream_mode=mode, **common))
-            else:
-                log.warning("%s has no parallel streams: no stream_parallel row", label)
-        roof = peak_gflops or measure.matmul_peak_gflops(device=device)
+        candidates = [module_candidate(m, label, form, size, depth=depth, channels_last=channels_last)
+                      for form, m in reversed(base)]
+        if device.type == "cuda":  # strict float32 (cuDNN would use TF32 by default): what "float32" says
+            for c in candidates:
+                c.fn = _strict_float32(c.fn, device)
+        candidates += [runner_candidate(r, label, size, flops, params, depth) for r in runners]
+        measured_here = roof is None and not peak_gflops
+        if measured_here:
+            roof = measure_roof(device, tuple(precisions), threads, onnxruntime=any(
+                r.form == "onnxruntime" for r in runners))
     try:
         rows: list[dict[str, Any]] = []
         for batch in batch_sizes:
-            rows += time_candidates(candidates, int(batch), repeats, warmup, threads, device, roof, rounds,
-                                    quiet_wait_s)
+            x = torch.randn(int(batch), *size, device=device)
+            with torch.inference_mode(), precision_flags("float32", device):
+                reference = eager(x.contiguous(memory_format=memory_format))
+            inputs = [x.contiguous(memory_format=memory_format) for _ in base]
+            errors = []
+            for r in runners:
+                inputs.append(r.prepare(x))
+                errors.append(relative_error(r(x), reference))
+            batch_rows = time_candidates(candidates, int(batch), repeats, warmup, threads, device, peak_gflops,
+                                         rounds, quiet_wait_s, roof=roof, inputs=inputs)
+            for row, r, err in zip(batch_rows[len(base):], runners, errors):
+                row.update(rel_err=err, tolerance=TOLERANCE[r.precision])
+                if not err <= TOLERANCE[r.precision]:
+                    log.warning("%s: form %s (%s) differs from the fused eager model by %.3g (relative; tolerance "
+                                "%g) at batch %d", label, r.form, r.precision, err, TOLERANCE[r.precision], batch)
+            rows += batch_rows
+        if measured_here:  # measured again after: the roof is the best rate seen in the run
+            with intra_op_threads(threads):
+                refresh_roof(rows, roof.merge(measure_roof(device, tuple(precisions), threads, onnxruntime=any(
+                    r.form == "onnxruntime" for r in runners))))
     finally:
-        if parallel is not None:
-            parallel.close()
+        for r in runners:
+            r.close()
     return rows
+
+
+def refresh_roof(rows: Sequence[dict[str, Any]], roof: Roof) -> None:
+    """Set each row's roof fields from `roof` (e.g. a run's roof merged with one measured after the run)."""
+    for row in rows:
+        if row["roof_components"] and all(k.startswith("given") for k in row["roof_components"]):
+            continue  # a roof the caller gave stays
+        row["roof_gflops"] = roof.gflops(row["precision"])
+        row["roof_components"] = roof.components_for(row["precision"])
+        row["roof_fraction"] = row["achieved_gflops"] / row["roof_gflops"]
 
 
 def check_row(row: dict[str, Any]) -> None:
@@ -336,6 +458,13 @@ def check_row(row: dict[str, Any]) -> None:
             raise ValueError(f"benchmark row field {key!r} is {type(value).__name__}, expected {kind}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"benchmark row field {key!r} is {value}")
+    above = {k: v for k, v in row["roof_components"].items() if v > row["roof_gflops"] * (1 + 1e-9)}
+    if above:
+        raise ValueError(f"roof {row['roof_gflops']:.1f} GFLOP/s is below measured rates {above}: a roof must be "
+                         f"the highest rate measured (a bug)")
+    if row["roof_fraction"] > 1.0:
+        raise ValueError(f"{row['model']} {row['form']}: roof fraction {row['roof_fraction']:.3f} > 1, so the roof "
+                         f"({row['roof_gflops']:.1f} GFLOP/s) is not the highest rate the device reaches: a bug")
 
 
 def speedup(rows: Sequence[dict[str, Any]], slow: str, fast: str, batch_size: int = 1,
@@ -362,6 +491,6 @@ def machine_description() -> str:
 
 
 __all__ = ["benchmark_model", "build_model", "resolve_device", "Candidate", "module_candidate",
-           "compile_candidate", "time_candidates", "time_interleaved", "summarize", "check_row", "speedup",
+           "runner_candidate", "refresh_roof", "time_candidates", "time_interleaved", "time_sections", "summarize", "check_row", "speedup",
            "cpu_busy_fraction", "wait_for_quiet", "machine_description", "FORMS", "ROW_FIELDS", "TABLE_COLUMNS",
            "DEFAULT_REPEATS", "DEFAULT_WARMUP"]

@@ -79,12 +79,45 @@ def _outputs(result: Any) -> list[torch.Tensor]:
                        f"{type(result).__name__}")
 
 
-def _ort_session(ort: Any, data: bytes, threads: int) -> Any:
+def ort_session(data: bytes | str | Path, threads: int) -> Any:
+    """An ONNX Runtime session (CPUExecutionProvider, all graph optimisations) on `threads` intra-op threads
+    and one inter-op thread: the thread count PyTorch gets when the two are compared."""
+    _, ort = _import_onnx(runtime=True)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads  # the same thread count as PyTorch's, for a fair comparison
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    source = str(data) if isinstance(data, Path) else data
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def onnx_bytes(fused: nn.Module, sample: torch.Tensor, opset: int = 17, dynamic_batch: bool = False,
+               metadata: dict[str, str] | None = None) -> bytes:
+    """The serialised, checked ONNX graph of `fused` (an eval-mode float32 CPU model) traced on `sample`;
+    input "input", outputs "output" (or "output_0", "output_1", ... for a list); `metadata` as properties."""
+    onnx, _ = _import_onnx(runtime=False)
+    with torch.no_grad():
+        num_outputs = len(_outputs(fused(sample)))
+    output_names = ["output"] if num_outputs == 1 else [f"output_{i}" for i in range(num_outputs)]
+    dynamic_axes = ({name: {0: "batch"} for name in ["input", *output_names]} if dynamic_batch else None)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter warns that it is the legacy one, and the tracer warns at the input
+        # shape checks (they become constants in the graph: a wrong shape then fails in ONNX Runtime).
+        warnings.simplefilter("ignore")
+        # dynamo=False: the TorchScript-based exporter. With torch 2.15 the default (dynamo) exporter needs
+        # onnxscript, one more dependency that nondeep[onnx] does not pull in, and takes seconds to
+        # torch.export the model; the TorchScript exporter needs only onnx, exports a fused ParNet in well
+        # under a second, and its graph (Conv, Sigmoid, Mul, GlobalAveragePool, Gemm) matches PyTorch
+        # within 1e-6 in ONNX Runtime. It is deprecated but still shipped; revisit when it is removed.
+        torch.onnx.export(fused, (sample,), buffer, dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(proto)
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
 
 
 def export_onnx(model_or_name: str | Path | nn.Module, path: str | Path, input_size: Sequence[int] | None = None,
@@ -101,7 +134,7 @@ def export_onnx(model_or_name: str | Path | nn.Module, path: str | Path, input_s
         `tolerance` (nothing is written then). Then time batch-1 inference of both on `threads` threads
         (default: torch's current count), median of `repeats` after `warmup` calls.
     """
-    onnx, ort = _import_onnx(runtime=check)
+    _, ort = _import_onnx(runtime=check)  # fail early, before any work, when onnx is missing
     model, label = load_model_or_checkpoint(model_or_name, **(model_kwargs or {}))
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     input_size = tuple(int(s) for s in (input_size or cfg.get("input_size") or ()))
@@ -117,31 +150,10 @@ def export_onnx(model_or_name: str | Path | nn.Module, path: str | Path, input_s
     threads = threads or previous_threads
     torch.set_num_threads(threads)
     try:
-        with torch.no_grad():
-            sample = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
-            num_outputs = len(_outputs(fused(sample)))
-        output_names = ["output"] if num_outputs == 1 else [f"output_{i}" for i in range(num_outputs)]
-        dynamic_axes = ({name: {0: "batch"} for name in ["input", *output_names]} if dynamic_batch else None)
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            # The TorchScript exporter warns that it is the legacy one, and the tracer warns at the input
-            # shape checks (they become constants in the graph: a wrong shape then fails in ONNX Runtime).
-            warnings.simplefilter("ignore")
-            # dynamo=False: the TorchScript-based exporter. With torch 2.15 the default (dynamo) exporter needs
-            # onnxscript, one more dependency that nondeep[onnx] does not pull in, and takes seconds to
-            # torch.export the model; the TorchScript exporter needs only onnx, exports a fused ParNet in well
-            # under a second, and its graph (Conv, Sigmoid, Mul, GlobalAveragePool, Gemm) matches PyTorch
-            # within 1e-6 in ONNX Runtime. It is deprecated but still shipped; revisit when it is removed.
-            torch.onnx.export(fused, (sample,), buffer, dynamo=False, opset_version=opset, input_names=["input"],
-                              output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
-        proto = onnx.load_from_string(buffer.getvalue())
-        onnx.checker.check_model(proto)
+        sample = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
         meta = {"nondeep_model": label, "input_size": json.dumps(list(input_size)),
                 "pretrained_cfg": json.dumps(cfg, default=str)}
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        data = proto.SerializeToString()
+        data = onnx_bytes(fused, sample, opset, dynamic_batch, meta)
 
         result: dict[str, Any] = {
             "model": label, "format": "onnx", "path": str(path), "opset": opset, "input_size": list(input_size),
@@ -149,7 +161,7 @@ def export_onnx(model_or_name: str | Path | nn.Module, path: str | Path, input_s
             measure.count_params(fused) / 1e6, "file_mb": len(data) / 1e6, "torch_version": torch.__version__,
         }
         if check:
-            session = _ort_session(ort, data, threads)
+            session = ort_session(data, threads)
             generator = torch.Generator().manual_seed(1)  # fresh inputs, not the export sample
             errors, scale = [], 0.0
             for batch in ((1, 3) if dynamic_batch else (1,)):

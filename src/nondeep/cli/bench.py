@@ -1,20 +1,21 @@
-"""`nondeep bench MODEL [MODEL ...]`: latency, throughput and roof fraction, fused and unfused side by side."""
+"""`nondeep bench MODEL [MODEL ...]`: latency, throughput and roof fraction of every inference form, side by side."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .. import measure
-from ..bench import (DEFAULT_REPEATS, DEFAULT_WARMUP, TABLE_COLUMNS, benchmark_model, build_model,
-                     machine_description, resolve_device)
+from ..bench import (DEFAULT_REPEATS, DEFAULT_WARMUP, TABLE_COLUMNS, benchmark_model, build_model, check_row,
+                     refresh_roof, resolve_device)
 from ..errors import NondeepError
-from ..parallel import intra_op_threads
+from ..inference import FORMS, PRECISIONS, check_form, device_info, machine_line, measure_roof, resolve_precision
+from ..parallel import NotStreamParallelError, is_stream_parallel_capable
 from ..report import format_table, write_json, write_text
 
 
@@ -51,6 +52,25 @@ def plot_latency_vs_accuracy(rows: Sequence[dict[str, Any]], accuracies: dict[st
     return len(points)
 
 
+def requested_forms(args: argparse.Namespace) -> list[str]:
+    return list(dict.fromkeys([*(args.forms or []), *(["compiled"] if args.compile else []),
+                               *(["streams"] if args.stream_parallel else [])]))
+
+
+def check_request(forms: Sequence[str], precisions: Sequence[str], device: torch.device,
+                  models: Sequence[torch.nn.Module]) -> None:
+    """Bad requests fail before any timing: a form the device cannot run, a precision the CPU lacks, streams
+    asked for when no model has any (a model without streams among ParNets is skipped, logged)."""
+    probe = next((m for m in models if is_stream_parallel_capable(m)), models[0])
+    for form in forms:
+        for precision in precisions:
+            try:
+                check_form(form, device, probe, precision)
+            except NotStreamParallelError as err:
+                raise NotStreamParallelError(f"--forms {form}: none of the models has parallel streams "
+                                             f"({err})") from err
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise NondeepError(f"--threads must be >= 1, got {args.threads}")
@@ -58,27 +78,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # Build every model first: a wrong name fails in a second, not after minutes of timing.
     models = [build_model(name, args.input_size, args.in_chans)[0] for name in args.models]
     device = resolve_device(args.device)
+    forms = requested_forms(args)
+    precisions = list(dict.fromkeys(resolve_precision(p) for p in args.dtype))
+    check_request(forms, precisions, device, models)
     threads = args.threads or torch.get_num_threads()
-    with intra_op_threads(threads):  # one roof for every model of the run, on the same threads
-        roof = measure.matmul_peak_gflops(device=device)
+    # One roof for every model of the run: the highest rate measured, on the same threads and device.
+    roof = measure_roof(device, tuple(precisions), threads, onnxruntime="onnxruntime" in forms)
     rows: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     for name, model in zip(args.models, models):
         rows += benchmark_model(model, args.input_size, args.batch_sizes, threads, device,
                                 fused_and_unfused=not args.fused_only, channels_last=args.channels_last,
-                                compile=args.compile, stream_parallel=args.stream_parallel, repeats=args.repeats,
-                                warmup=args.warmup, peak_gflops=roof, model_name=name)
+                                repeats=args.repeats, warmup=args.warmup, forms=forms, precisions=precisions,
+                                roof=roof, model_name=name, failures=failures)
+    # Measured again after the timing: the roof is the highest rate seen on the device in the run.
+    roof = roof.merge(measure_roof(device, tuple(precisions), threads, onnxruntime="onnxruntime" in forms))
+    refresh_roof(rows, roof)
     for row in rows:
+        try:
+            check_row(row)
+        except ValueError as err:  # a roof fraction above 1: nothing is written
+            raise NondeepError(f"{err}; load average {os.getloadavg()[0]:.1f}: if other processes disturbed the "
+                               f"roof measurement, re-run on a quieter machine, else report it") from err
         if row["model"] in accuracies:
             row["test_accuracy"] = accuracies[row["model"]]
-    columns = TABLE_COLUMNS + (["test_accuracy"] if accuracies else [])
+    columns = TABLE_COLUMNS + (["rel_err"] if forms else []) + (["test_accuracy"] if accuracies else [])
     table = format_table(rows, columns)
-    first = rows[0]
-    note = (f"{machine_description()}; {first['threads']} threads, device {first['device']}, torch "
-            f"{first['torch_version']}; roof = float32 2048x2048 matmul {first['roof_gflops']:.1f} GFLOP/s; "
+    info = device_info(device)
+    rates = ", ".join(f"{c.kernel} {c.precision} {c.backend} {c.gflops:.0f}" for c in roof.components)
+    note = (f"{machine_line(info)}; {threads} threads, device {device}; load average (1 min) "
+            f"{min(r['loadavg_before'] for r in rows):.2f}-{max(r['loadavg_after'] for r in rows):.2f}; "
+            f"roof = the highest rate measured in the form's precision or a more precise one (GFLOP/s: {rates}); "
             f"infer_step_time in ms per batch (median, p10, p90 of {args.repeats}); param_count in millions; "
             f"infer_gmacs per sample.")
     print(table)
     print(f"\n{note}")
+    for failure in failures:
+        print(f"not timed: {failure['model']} {failure['form']} ({failure['precision']}): {failure['error']}",
+              file=sys.stderr)
     if args.json:
         write_json(args.json, rows)
     if args.md:
@@ -102,9 +139,10 @@ def _default_plot_path(args: argparse.Namespace) -> Path:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="latency, throughput and roof fraction, fused and unfused side by side",
-                       description="Time inference of each model (fused and unfused, optionally compiled or "
-                       "stream-parallel) at each batch size; print a markdown table.")
+    p = sub.add_parser("bench", help="latency, throughput and roof fraction of inference forms, side by side",
+                       description="Time inference of each model (fused and unfused, and the forms of "
+                       "nondeep.inference: compiled, onnxruntime, streams, CUDA graphs, ...) at each batch size; "
+                       "print a markdown table.")
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="registered names (nondeep models), or torchvision:NAME where supported")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's current count)")
@@ -113,9 +151,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="default: each model's")
     p.add_argument("--in-chans", type=int, help="input channels (default: the input size's C, else the model's)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for models and inputs")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile of the fused model")
-    p.add_argument("--stream-parallel", action="store_true",
-                   help="also time nondeep.parallel.StreamParallel of the fused model (ParNets)")
+    p.add_argument("--forms", nargs="+", choices=list(FORMS), metavar="FORM",
+                   help=f"also time these forms of the fused model: {', '.join(FORMS)} (graph, streams_graph, "
+                   "compiled_graph need --device cuda; streams forms need a ParNet)")
+    p.add_argument("--dtype", nargs="+", default=["float32"], metavar="PRECISION",
+                   help=f"precisions of the --forms rows: {', '.join(PRECISIONS)} (all but float32 need a GPU; "
+                   "default float32)")
+    p.add_argument("--compile", action="store_true", help="same as --forms compiled")
+    p.add_argument("--stream-parallel", action="store_true", help="same as --forms streams")
     p.add_argument("--fused-only", action="store_true", help="skip the unfused (training-form) rows")
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed calls per row (default {DEFAULT_REPEATS})")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed calls first (default {DEFAULT_WARMUP})")

@@ -8,6 +8,9 @@ from typing import Any, Sequence
 import torch
 
 from .. import measure
+from ..bench import resolve_device
+from ..errors import NondeepError
+from ..inference import FORMS, available_forms, optimize
 from ..models import create_model, list_models
 from ..report import format_table
 from ..reparam import reparameterize_model
@@ -40,15 +43,28 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.input_size and args.in_chans is None:
         kwargs["in_chans"] = args.input_size[0]
     row = model_summary(args.model, args.input_size, **kwargs)
+    timings = []
     if args.latency:
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        if args.threads is not None and args.threads < 1:
+            raise NondeepError(f"--threads must be >= 1, got {args.threads}")
         model = create_model(args.model, **kwargs)
-        timed = reparameterize_model(model) if args.fused else model.eval()
-        row["latency_ms_bs1"] = measure.latency(timed, args.input_size or None).median_ms
-        row["timed_form"] = "fused" if args.fused else "training (unfused)"
+        example = torch.randn(1, *(args.input_size or model.pretrained_cfg["input_size"]))
+        device = resolve_device(args.device)
+        # The compiled forms take minutes to compile on a small CPU: asked for by name (--forms).
+        forms = args.forms or available_forms(device, model, compiled=False)
+        fast = optimize(model, example, device=device, forms=forms, threads=args.threads, label=args.model)
+        row["latency_ms_bs1"] = fast.latency_ms
+        row["timed_form"] = f"{fast.runner.label()}, the fastest of {len(fast.timings)} tried"
+        row["roof_fraction"] = fast.roof_fraction
+        row["machine"] = fast.summary["machine"]
+        timings = fast.timings
+        fast.close()
     for key, value in row.items():
         print(f"{key:>16}: {value:.4g}" if isinstance(value, float) else f"{key:>16}: {value}")
+    if timings:
+        print()
+        print(format_table([{k: t.get(k) for k in ("form", "precision", "threads", "median_ms", "rel_err", "status")}
+                            for t in timings]))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +77,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="default: the model's")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--in-chans", type=int)
-    p.add_argument("--fused", action="store_true", help="time the reparameterised (fused) model")
-    p.add_argument("--latency", action="store_true", help="also time one batch-1 forward pass (median)")
+    p.add_argument("--fused", action="store_true",
+                   help="kept for old commands: --latency always times forms of the fused model")
+    p.add_argument("--latency", action="store_true", help="also find the fastest inference form on this device "
+                   "(nondeep.inference.optimize) and report its batch-1 latency (median) and every form tried")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for --latency")
+    p.add_argument("--forms", nargs="+", choices=list(FORMS), metavar="FORM",
+                   help=f"the forms --latency tries: {', '.join(FORMS)} (default every form the device and model "
+                   "can run except the compiled ones, which take minutes to compile on a small CPU)")
     p.add_argument("--threads", type=int, help="torch intra-op threads for timing")
     p.set_defaults(func=cmd_info)

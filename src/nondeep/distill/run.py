@@ -63,15 +63,8 @@ def cache_spec(teachers: Sequence[TeacherCheckpoint], info: Any, cfg: TrainConfi
     }
 
 
-def _teacher_test_accuracy(checkpoints: Sequence[TeacherCheckpoint], cfg: TrainConfig,
-                           device: torch.device) -> float | None:
-    """The teacher ensemble's accuracy on the test split (the student's eval split is validation); None for
-    an image tree without a test split."""
-    test_loader = build_test_loader(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.eval_batch_size, device="cpu")
-    if test_loader is None:
-        return None
-    logits = logits_over(build_ensemble(checkpoints, device), test_loader, device)
-    return agreement(logits.argmax(1), torch.cat([batch[1].cpu() for batch in test_loader]))
+def _labels(loader: Any) -> torch.Tensor:
+    return loader.labels if isinstance(loader, TensorLoader) else torch.cat([batch[1].cpu() for batch in loader])
 
 
 def distill(cfg: TrainConfig, teachers: Sequence[str], loss: str = "mimic", alpha: float = 1.0,
@@ -106,8 +99,10 @@ def distill(cfg: TrainConfig, teachers: Sequence[str], loss: str = "mimic", alph
         cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
         augment=Augment.off(), val_split=cfg.val_split, max_train_samples=cfg.max_train_samples, device="cpu",
         seed=cfg.seed, num_workers=cfg.num_workers)
-    eval_labels = (eval_loader.labels if isinstance(eval_loader, TensorLoader)
-                   else torch.cat([batch[1].cpu() for batch in eval_loader]))
+    eval_labels = _labels(eval_loader)
+    # with a validation split the student is scored on it; the teacher is also scored once on the test split
+    test_loader = (build_test_loader(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.eval_batch_size, device="cpu")
+                   if cfg.val_split > 0 else None)
     checkpoints = read_teachers(teachers, info)
     meta: dict[str, Any] = {"teachers": [t.describe() for t in checkpoints], "loss": loss, "alpha": alpha,
                             "temperature": temperature, "mode": "online" if teacher_online else "cached"}
@@ -116,6 +111,7 @@ def distill(cfg: TrainConfig, teachers: Sequence[str], loss: str = "mimic", alph
     if teacher_online:
         ensemble = build_ensemble(checkpoints, device)
         eval_logits = logits_over(ensemble, eval_loader, device)
+        test_logits = logits_over(ensemble, test_loader, device) if test_loader is not None else eval_logits
         targets: Any = OnlineTeacher(ensemble)
         meta.update(cache="online", student_augmentation=dataclasses.asdict(
             Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout)))
@@ -129,20 +125,25 @@ def distill(cfg: TrainConfig, teachers: Sequence[str], loss: str = "mimic", alph
                                "--crop-padding, --flip or --cutout, or use --transfer-copies 0")
         images, labels = make_transfer_set(base_train.images, base_train.labels, transfer_copies, augment,
                                            info.mean, transfer_seed)
-        spec = cache_spec(checkpoints, info, cfg, images, eval_loader.images, transfer_copies, transfer_seed, augment)
+        # the cached "eval" logits cover the validation images and then the test images, so a hit runs no teacher
+        scored = (eval_loader.images if test_loader is None else torch.cat([eval_loader.images, test_loader.images]))
+        spec = cache_spec(checkpoints, info, cfg, images, scored, transfer_copies, transfer_seed, augment)
         path = cache_path(cache_dir, spec) if use_cache else None
         shapes = {"train_logits": (images.shape[0], info.num_classes),
-                  "eval_logits": (eval_loader.images.shape[0], info.num_classes)}
+                  "eval_logits": (scored.shape[0], info.num_classes)}
         cached = load_logits(path, spec, shapes) if path is not None else None
         if cached is not None:
             train_logits, eval_logits = cached
         else:  # a miss: the one time the teacher runs over the transfer set
             ensemble = build_ensemble(checkpoints, device)
             train_logits = logits_over_images(ensemble, images, info.mean, info.std, cfg.eval_batch_size, device)
-            eval_logits = logits_over(ensemble, eval_loader, device)
+            eval_logits = logits_over_images(ensemble, scored, info.mean, info.std, cfg.eval_batch_size, device)
             if path is not None and is_main:
                 save_logits(path, spec, train_logits, eval_logits)
             del ensemble
+        n_eval = eval_loader.images.shape[0]
+        eval_logits, test_logits = eval_logits[:n_eval], (eval_logits[n_eval:] if test_loader is not None
+                                                          else eval_logits[:n_eval])
         targets = CachedTargets(train_logits)
         loaders = TransferData(images, labels, eval_loader.images, eval_loader.labels, info, cfg.batch_size,
                                cfg.eval_batch_size, cfg.seed)
@@ -154,8 +155,8 @@ def distill(cfg: TrainConfig, teachers: Sequence[str], loss: str = "mimic", alph
     teacher_pred = eval_logits.argmax(1)
     meta["eval_split"] = "val" if cfg.val_split > 0 else "test"  # what teacher_agreement is measured on
     run_meta: dict[str, Any] = {"distill": meta, "teacher_eval_accuracy": agreement(teacher_pred, eval_labels),
-                                "teacher_test_accuracy": _teacher_test_accuracy(checkpoints, cfg, device)
-                                if cfg.val_split > 0 else agreement(teacher_pred, eval_labels)}
+                                "teacher_test_accuracy": agreement(test_logits.argmax(1), eval_labels if test_loader
+                                                                   is None else _labels(test_loader))}
     if not resume:  # the student as train() will initialise it (same seed, same builder)
         torch.manual_seed(cfg.seed)
         student = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans,

@@ -39,7 +39,8 @@ def default_cfg(
     num_classes: int = 1000,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A timm-like per-model config; `first_conv` and `classifier` name the modules to adapt."""
+    """A timm-like per-model config; `first_conv` and `classifier` name the modules to adapt (`create_model`
+    fills `first_conv` from the built model: the first conv, None for a net without one)."""
     cfg = dict(input_size=input_size, mean=mean, std=std, num_classes=num_classes,
                interpolation="bilinear", crop_pct=0.875, first_conv=None, classifier="fc")
     cfg.update(extra)
@@ -232,6 +233,8 @@ def create_model(name: str, pretrained: bool = False, features_only: bool = Fals
     model = builder(**pattern_kwargs, **kwargs)
     # A builder whose arguments change the input (e.g. small_image=True) attaches its own config.
     cfg = dict(getattr(model, "pretrained_cfg", None) or cfg, architecture=name)
+    if cfg.get("first_conv") is None:  # the module whose weights an in_chans change adapts (None: no conv)
+        cfg["first_conv"] = _first_and_last(model)[0]
     if "in_chans" in kwargs:
         in_chans = kwargs["in_chans"]
         cfg["input_size"] = (in_chans, *cfg["input_size"][1:])

@@ -3,12 +3,13 @@
 A model that supports feature extraction has
 - `feature_info`: a list of dicts `num_chs`, `reduction` (the stride with respect to the input; non-decreasing)
   and `module` (the name of the module whose output the level is), one per level;
-- `forward_intermediates(x, indices=None, stop_early=False, intermediates_only=False)`: the maps of the levels
-  in `indices` (all of them by default; an int n means the last n), and unless `intermediates_only` the final
-  unpooled map as well, as `(final, intermediates)`;
-- optionally `prune_intermediate_layers(indices)`: drop the classifier and every layer no requested level
-  needs, so that a detector built on the features has no parameters without gradients (DDP would need
-  `find_unused_parameters` otherwise).
+- `forward_intermediates(x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
+  intermediates_only=False)`: the maps of the levels in `indices` (all of them by default; an int n means the
+  last n), and unless `intermediates_only` the final unpooled map as well, as `(final, intermediates)`;
+- optionally `prune_intermediate_layers(indices, prune_norm=False, prune_head=True)`: drop the classifier and
+  every layer no requested level needs, so that a detector built on the features has no parameters without
+  gradients (DDP would need `find_unused_parameters` otherwise).
+The keywords are timm's: timm's FeatureGetterNet and model tests call them (nondeep.timm_compat, docs/timm.md).
 
 `FeatureExtractor` wraps such a model; `create_model(name, features_only=True, out_indices=(...))` returns one.
 Its forward gives the list of maps; `out_channels` (and `feature_info.channels()`) is the `in_channels_list` a

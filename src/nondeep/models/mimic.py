@@ -10,9 +10,9 @@ Defaults: k = 250 is the paper's bottleneck for its TIMIT SNN-MIMIC students, an
 "8k" width; the 1000-unit student, the conv layer's 128 5x5 filters and the Fashion-MNIST input are ours.
 """
 
-from __future__ import annotations
-
-from typing import Any, Sequence
+# No `from __future__ import annotations` here: torch.fx copies forward's annotations into the traced code,
+# which TorchScript must read (timm's fx + script test).
+from typing import Any, List, Sequence
 
 import torch
 from torch import nn
@@ -22,8 +22,9 @@ from ._registry import default_cfg, register_model
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
+# Flattening fixes the input size (timm's `fixed_input_size`); the conv student's first conv is "conv.0".
 FASHION_MNIST_CFG = default_cfg(input_size=(1, 28, 28), mean=(0.2860,), std=(0.3530,), num_classes=10,
-                                crop_pct=1.0)
+                                crop_pct=1.0, fixed_input_size=True)
 
 
 class ShallowMimicNet(nn.Module):
@@ -45,7 +46,9 @@ class ShallowMimicNet(nn.Module):
         c = in_chans if in_chans is not None else (c[0] if c else 1)
         self.name = type(self).__name__
         self.input_size = (c, h, w)
-        self.in_chans, self.num_classes, self.num_features = c, num_classes, hidden
+        self.image_size: List[int] = [h, w]  # a list for TorchScript (check_input's exact_size)
+        self.in_chans, self.num_classes = c, num_classes
+        self.num_features = self.head_hidden_size = hidden
 
         if conv_channels > 0:
             self.conv: nn.Module = nn.Sequential(
@@ -62,7 +65,7 @@ class ShallowMimicNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The wide hidden layer's activations. Flattening fixes the input size, so it is checked exactly."""
-        x = _helpers.check_input(x, self.name, self.in_chans, exact_size=self.input_size[1:])
+        x = _helpers.check_input(x, self.name, self.in_chans, exact_size=self.image_size)
         x = torch.flatten(self.conv(x), 1)
         if self.bottleneck is not None:
             x = self.bottleneck(x)
@@ -77,10 +80,13 @@ class ShallowMimicNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new linear head; 0 removes it, so that forward returns the hidden activations."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new linear head on the model's device and dtype; 0 removes it, so that forward returns the hidden
+        activations. A flat net has no pooling: `global_pool` may only be None or "avg" (timm's default)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"{self.name} is a flat net with no pooling to change: global_pool={global_pool!r}")
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = _helpers.new_classifier(self, self.num_features, num_classes)
 
 
 class ConvShallowMimicNet(ShallowMimicNet):
@@ -111,7 +117,7 @@ def mimic_snn_8k_nobottleneck(**kwargs: Any) -> ShallowMimicNet:
     return ShallowMimicNet(hidden=8000, bottleneck=None, **kwargs)
 
 
-@register_model(cfg=FASHION_MNIST_CFG)
+@register_model(cfg=dict(FASHION_MNIST_CFG, first_conv="conv.0"))
 def mimic_cnn_8k(**kwargs: Any) -> ConvShallowMimicNet:
     """Conv student: 128 5x5 filters and 2x2 max-pool, then the 250/8000 shallow net: 8.4 M parameters
     on 28x28."""

@@ -22,9 +22,9 @@ layers deep, the streams' 6 (resp. 8), and they are what the network itself fuse
 through a fusion: the first fusion already downsamples to 1/16.
 """
 
-from __future__ import annotations
-
-from typing import Any, Sequence
+# No `from __future__ import annotations` here: torch.fx copies forward's annotations into the traced code,
+# which TorchScript must read (timm's fx + script test).
+from typing import Any, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,8 @@ class ParNet(nn.Module):
 
     def __init__(self, widths: Sequence[int] = (96, 192, 384, 1280), stream_depths: Sequence[int] = (4, 5, 5),
                  num_classes: int = 1000, in_chans: int = 3, small_image: bool = False,
-                 block_type: BlockType = "rep_sse", drop_rate: float = 0.0, name: str = "parnet") -> None:
+                 block_type: BlockType = "rep_sse", drop_rate: float = 0.0, name: str = "parnet",
+                 global_pool: str = "avg") -> None:
         super().__init__()
         num_streams = len(stream_depths)
         if num_streams < 1 or len(widths) != num_streams + 1:
@@ -51,7 +52,7 @@ class ParNet(nn.Module):
         self.name, self.in_chans, self.num_classes = name, in_chans, num_classes
         self.num_streams = num_streams
         self.small_image, self.block_type = small_image, block_type
-        self.num_features = head_width
+        self.num_features = self.head_hidden_size = head_width
         stem_stride = 1 if small_image else 2
         # Every later stream starts one stride-2 block further down; the stem divides by 4 in ImageNet form.
         self.input_divisor = stem_stride ** 2 * 2 ** (num_streams - 1) * (1 if small_image else 2)
@@ -77,10 +78,11 @@ class ParNet(nn.Module):
         last_width = stream_widths[-1]
         self.head_conv = ConvBNAct(last_width, head_width, 1) if small_image else block(last_width, head_width, 2)
         self.drop_rate = drop_rate
+        self.global_pool = _helpers.check_global_pool(global_pool, num_classes)
         self.fc: nn.Module = nn.Linear(head_width, num_classes) if num_classes > 0 else nn.Identity()
         # Levels for features_only (see the module doc): streams but the last, the fused map, the head conv.
         stem_reduction = stem_stride ** 2
-        self.feature_info: list[dict[str, Any]] = [
+        self.feature_info = [
             dict(num_chs=w, reduction=stem_reduction * 2 ** i, module=f"streams.{i}")
             for i, w in enumerate(stream_widths[:-1])]
         fused_reduction = stem_reduction * 2 ** (num_streams - 1)
@@ -98,7 +100,7 @@ class ParNet(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
 
-    def stream_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def stream_inputs(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The stem's outputs: one map per stream, each at half the resolution of the one before."""
         x = self.stem(_helpers.check_input(x, self.name, self.in_chans, self.input_divisor))
         inputs = [x]
@@ -106,63 +108,86 @@ class ParNet(nn.Module):
             inputs.append(down(inputs[-1]))
         return inputs
 
-    def merge_streams(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def merge_streams(self, outputs: List[torch.Tensor]) -> torch.Tensor:
         """Merge the streams' outputs through the fusion blocks: the map at the last stream's resolution."""
         fused = outputs[0]
         if self.first_stream_down is not None:
             fused = self.first_stream_down(fused)
-        for fusion, stream_out in zip(self.fusions, outputs[1:]):
-            fused = fusion(stream_out, fused)
+        for i, fusion in enumerate(self.fusions):
+            fused = fusion(outputs[i + 1], fused)
         return fused
 
-    def fuse_streams(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Merge the streams' outputs through the fusion blocks, then the head conv (the unpooled features)."""
+    def fuse_streams(self, outputs: List[torch.Tensor]) -> torch.Tensor:
+        """Merge the streams' outputs through the fusion blocks, then the head conv (the unpooled features).
+        A model pruned to an early stream (prune_intermediate_layers) has no fusions: its last stream's output
+        is the final map."""
+        if len(outputs) < self.num_streams:
+            return outputs[-1]
         return self.head_conv(self.merge_streams(outputs))
 
+    def forward_streams(self, inputs: List[torch.Tensor]) -> List[torch.Tensor]:
+        outputs: List[torch.Tensor] = []
+        for i, stream in enumerate(self.streams):
+            outputs.append(stream(inputs[i]))
+        return outputs
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        inputs = self.stream_inputs(x)
-        return self.fuse_streams([stream(inp) for stream, inp in zip(self.streams, inputs)])
+        return self.fuse_streams(self.forward_streams(self.stream_inputs(x)))
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
-                              stop_early: bool = False, intermediates_only: bool = False
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False
                               ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """The maps of the `feature_info` levels in `indices` (default all; an int n: the last n), and unless
         `intermediates_only` the final unpooled map first, as `(final, intermediates)`. `stop_early` skips
-        what comes after the last requested level (the final map is then the last one computed)."""
+        what comes after the last requested level (the final map is then the last one computed). `norm` is
+        accepted for timm's callers and changes nothing: ParNet has no final norm. Only NCHW output."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"ParNet gives NCHW maps only, got output_fmt={output_fmt!r}")
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         last = self.num_streams - 1  # the fused level; the head is last + 1
         inputs = self.stream_inputs(x)
-        outs = []
-        for i, (stream, inp) in enumerate(zip(self.streams, inputs)):
-            if stop_early and i > max_index:
-                break
-            outs.append(stream(inp))
-        levels = outs[:last]
-        if not (stop_early and max_index < last):
-            levels.append(self.merge_streams(outs))
+        num_run = max_index + 1 if stop_early and max_index < last else len(self.streams)
+        outs = [self.streams[i](inputs[i]) for i in range(num_run)]
+        levels, final = outs[:last], outs[-1]
+        if num_run == self.num_streams:  # not pruned (or stopped) before the fusions
+            final = self.merge_streams(outs)
+            levels.append(final)
             if not (stop_early and max_index <= last):
-                levels.append(self.head_conv(levels[-1]))
+                final = self.head_conv(final)
+                levels.append(final)
         intermediates = [levels[i] for i in take]
-        return intermediates if intermediates_only else (levels[-1], intermediates)
+        return intermediates if intermediates_only else (final, intermediates)
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = None) -> list[int]:
-        """Keep only what the levels in `indices` need: the classifier always goes, the head conv unless its
-        level is asked for, and the later streams and fusions when only early streams are. The pruned model
-        serves `forward_intermediates(..., stop_early=True)` only; `feature_info` keeps its indices."""
+    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep only what the levels in `indices` need, so that every parameter left gets a gradient (DDP needs
+        no `find_unused_parameters`): the classifier goes (unless `prune_head=False`, which needs the head
+        level), the head conv unless its level is asked for, and when only stream levels are asked for, the
+        fusions, the later streams and every earlier stream not asked for (its stem input still feeds the
+        next stream). `feature_info` keeps its indices; forward_features then ends at the last level kept.
+        `prune_norm` is accepted for timm's callers and changes nothing: ParNet has no final norm."""
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         last = self.num_streams - 1
+        if not prune_head:
+            if max_index <= last:
+                raise ValueError("prune_head=False keeps the classifier, which needs the head conv: include the "
+                                 f"last level ({last + 1}) in indices or prune the head")
+            return take
         self.reset_classifier(0)
         if max_index <= last:
             self.head_conv = nn.Identity()
         if max_index < last:
-            self.streams = self.streams[: max_index + 1]
+            streams = [self.streams[i] if i in take else nn.Identity() for i in range(max_index + 1)]
+            self.streams = nn.ModuleList(streams)
             self.downsamples = self.downsamples[:max_index]
             self.fusions = nn.ModuleList()
             self.first_stream_down = None
         return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        if self.global_pool == "avg":
+            x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         if self.drop_rate > 0:
             x = F.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.fc(x)
@@ -173,11 +198,20 @@ class ParNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new linear head; 0 removes it, so that forward returns the pooled features."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new linear head on the model's device and dtype; 0 removes it, so that forward returns the pooled
+        features, or with `global_pool=''` the unpooled map (None keeps the current pooling; a linear head
+        brings average pooling back)."""
+        self.global_pool = _helpers.check_global_pool(global_pool, num_classes, current=self.global_pool)
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = _helpers.new_classifier(self, self.num_features, num_classes)
 
+
+# The configs name the first conv and the unpooled map's size at the default input (timm's `first_conv`
+# and `pool_size`; timm's model tests check both against the built model).
+FIRST_CONV = "stem.0.conv3x3.conv"
+IMAGENET_CFG = default_cfg(first_conv=FIRST_CONV, pool_size=(7, 7))
+SMALL_IMAGE_CFG = dict(CIFAR_CFG, first_conv=FIRST_CONV, pool_size=(8, 8))
 
 # The paper's ImageNet variants: widths of the three streams and of the head.
 IMAGENET_WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -211,48 +245,48 @@ def _imagenet_or_small(variant: str, small_image: bool = False, **kwargs: Any) -
         widths = (*widths[:3], 2 * widths[2])
         model = _create_parnet(f"parnet_{variant}", widths, (4, 5, 5), small_image=True,
                                **{"num_classes": 10, **kwargs})
-        model.pretrained_cfg = dict(CIFAR_CFG)
+        model.pretrained_cfg = dict(SMALL_IMAGE_CFG)
         return model
     return _create_parnet(f"parnet_{variant}", widths, (4, 5, 5), **kwargs)
 
 
-@register_model(cfg=default_cfg())
+@register_model(cfg=IMAGENET_CFG)
 def parnet_s(**kwargs: Any) -> ParNet:
     """ParNet-S: widths 96, 192, 384, head 1280; 19.2 M parameters fused (paper: 19.0 M)."""
     return _imagenet_or_small("s", **kwargs)
 
 
-@register_model(cfg=default_cfg())
+@register_model(cfg=IMAGENET_CFG)
 def parnet_m(**kwargs: Any) -> ParNet:
     """ParNet-M: widths 128, 256, 512, head 2048; 35.6 M parameters fused (paper: 35.6 M)."""
     return _imagenet_or_small("m", **kwargs)
 
 
-@register_model(cfg=default_cfg())
+@register_model(cfg=IMAGENET_CFG)
 def parnet_l(**kwargs: Any) -> ParNet:
     """ParNet-L: widths 160, 320, 640, head 2560; 54.9 M parameters fused (paper: 54.9 M)."""
     return _imagenet_or_small("l", **kwargs)
 
 
-@register_model(cfg=default_cfg())
+@register_model(cfg=IMAGENET_CFG)
 def parnet_xl(**kwargs: Any) -> ParNet:
     """ParNet-XL: widths 200, 400, 800, head 3200; 85.0 M parameters fused (paper: 85.0 M)."""
     return _imagenet_or_small("xl", **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=SMALL_IMAGE_CFG)
 def parnet_small_image_s(**kwargs: Any) -> ParNet:
     """ParNet-S widths in the small-image (CIFAR, 32x32 / 28x28) form."""
     return _imagenet_or_small("s", small_image=True, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=SMALL_IMAGE_CFG)
 def parnet_small_image_m(**kwargs: Any) -> ParNet:
     """ParNet-M widths in the small-image (CIFAR, 32x32 / 28x28) form."""
     return _imagenet_or_small("m", small_image=True, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=SMALL_IMAGE_CFG)
 def parnet_tiny(**kwargs: Any) -> ParNet:
     """The paper's structure in small-image form at a width that trains on 2 CPU cores: widths 16, 32, 64,
     head 128 (0.35 M parameters; ~330 training images/s at 28x28 on 2 CPU cores), depth 12."""

@@ -11,8 +11,8 @@ three groups' outputs, at reductions 1, 2 and 4 ("layer1", "layer2", and "act": 
 final BN-ReLU; the first two are pre-activation sums, as the next block expects them).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: torch.fx copies forward's annotations into the traced code,
+# which TorchScript must read (timm's fx + script test).
 import re
 from typing import Any, Literal, Sequence
 
@@ -24,6 +24,8 @@ from ._registry import CIFAR_CFG, register_model, register_model_pattern
 from .features import feature_take_indices
 
 BlockName = Literal["basic", "bottleneck"]
+# The first conv and the unpooled map's size at 32x32 (timm's `first_conv` and `pool_size`).
+WRN_CFG = dict(CIFAR_CFG, first_conv="conv1", pool_size=(8, 8))
 DepthRule = Literal["wrn", "resnet"]
 
 
@@ -121,7 +123,7 @@ class WideResNet(nn.Module):
 
     def __init__(self, depth: int, widen_factor: float, num_classes: int = 10, in_chans: int = 3,
                  drop_rate: float = 0.0, block: BlockName = "basic", stem_width: int = 16,
-                 depth_rule: DepthRule = "wrn") -> None:
+                 depth_rule: DepthRule = "wrn", global_pool: str = "avg") -> None:
         super().__init__()
         n = blocks_per_group(depth, block, depth_rule)
         if widen_factor < 1 / 16:
@@ -145,10 +147,11 @@ class WideResNet(nn.Module):
         # Pre-activation blocks end on a conv: the last group's output still needs its BN-ReLU.
         self.bn = nn.BatchNorm2d(in_chs)
         self.act = nn.ReLU(inplace=True)
-        self.num_features = in_chs
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool = _helpers.check_global_pool(global_pool, num_classes)
         self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         exp = block_cls.expansion
-        self.feature_info: list[dict[str, Any]] = [
+        self.feature_info = [
             dict(num_chs=widths[0] * exp, reduction=1, module="layer1"),
             dict(num_chs=widths[1] * exp, reduction=2, module="layer2"),
             dict(num_chs=widths[2] * exp, reduction=4, module="act")]
@@ -172,11 +175,16 @@ class WideResNet(nn.Module):
         return self.act(self.bn(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
-                              stop_early: bool = False, intermediates_only: bool = False
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False
                               ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """The maps of the `feature_info` levels in `indices` (default all; an int n: the last n), and unless
         `intermediates_only` the final unpooled map first, as `(final, intermediates)`. `stop_early` skips
-        the groups after the last requested level (the final map is then the last one computed)."""
+        the groups after the last requested level (the final map is then the last one computed). `norm` is
+        accepted for timm's callers and changes nothing: the final BN-ReLU is part of the last level, and the
+        earlier levels are the pre-activation sums the next group takes. Only NCHW output."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"{self.name} gives NCHW maps only, got output_fmt={output_fmt!r}")
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         x = self.conv1(_helpers.check_input(x, self.name, self.in_chans, divisor=4))
         levels = []
@@ -190,10 +198,17 @@ class WideResNet(nn.Module):
         intermediates = [levels[i] for i in take]
         return intermediates if intermediates_only else (x, intermediates)
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = None) -> list[int]:
-        """Drop the classifier and the groups after the last level in `indices`; the pruned model serves
-        `forward_intermediates(..., stop_early=True)` only. `feature_info` keeps its indices."""
+    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the classifier (unless `prune_head=False`, which needs the last level) and the groups after
+        the last level in `indices`; forward_features then ends at that level. `feature_info` keeps its
+        indices. `prune_norm` changes nothing: the final BN-ReLU belongs to the last level and goes with it."""
         take, max_index = feature_take_indices(len(self.feature_info), indices)
+        if not prune_head:
+            if max_index < 2:
+                raise ValueError("prune_head=False keeps the classifier, which needs the last group: include "
+                                 "level 2 in indices or prune the head")
+            return take
         self.reset_classifier(0)
         if max_index < 2:
             self.layer3, self.bn, self.act = nn.Identity(), nn.Identity(), nn.Identity()
@@ -202,7 +217,8 @@ class WideResNet(nn.Module):
         return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        if self.global_pool == "avg":
+            x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,10 +227,13 @@ class WideResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new linear head; 0 removes it, so that forward returns the pooled features."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new linear head on the model's device and dtype; 0 removes it, so that forward returns the pooled
+        features, or with `global_pool=''` the unpooled map (None keeps the current pooling; a linear head
+        brings average pooling back)."""
+        self.global_pool = _helpers.check_global_pool(global_pool, num_classes, current=self.global_pool)
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = _helpers.new_classifier(self, self.num_features, num_classes)
         if num_classes > 0:
             nn.init.zeros_(self.fc.bias)
 
@@ -224,59 +243,59 @@ def _wrn_from_name(match: re.Match[str]) -> tuple[type[WideResNet], dict[str, An
 
 
 # Any wrn_<n>_<k>; the names below are the paper's (and Fashion-MNIST's benchmark) nets.
-register_model_pattern(r"wrn_(\d+)_(\d+)", _wrn_from_name, cfg=CIFAR_CFG)
+register_model_pattern(r"wrn_(\d+)_(\d+)", _wrn_from_name, cfg=WRN_CFG)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=WRN_CFG)
 def wide_resnet(depth: int = 16, widen_factor: float = 4.0, **kwargs: Any) -> WideResNet:
     """Any WRN-n-k by arguments, k fractional too (each group's width rounded): what a sweep at a fixed
     parameter budget needs, e.g. create_model("wide_resnet", depth=10, widen_factor=2.2)."""
     return WideResNet(depth, widen_factor, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=WRN_CFG)
 def wrn_16_1(**kwargs: Any) -> WideResNet:
     """WRN-16-1: 0.18 M parameters, a quick smoke-test net."""
     return WideResNet(16, 1, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=WRN_CFG)
 def wrn_16_4(**kwargs: Any) -> WideResNet:
     """WRN-16-4: 2.7 M parameters."""
     return WideResNet(16, 4, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=WRN_CFG)
 def wrn_16_8(**kwargs: Any) -> WideResNet:
     """WRN-16-8: 11.0 M parameters (paper: 11.0 M)."""
     return WideResNet(16, 8, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=WRN_CFG)
 def wrn_22_8(**kwargs: Any) -> WideResNet:
     """WRN-22-8: 17.2 M parameters."""
     return WideResNet(22, 8, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=WRN_CFG)
 def wrn_28_2(**kwargs: Any) -> WideResNet:
     """WRN-28-2: 1.5 M parameters."""
     return WideResNet(28, 2, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=WRN_CFG)
 def wrn_28_10(**kwargs: Any) -> WideResNet:
     """WRN-28-10: 36.5 M parameters (paper: 36.5 M); the paper trains it with drop_rate=0.3."""
     return WideResNet(28, 10, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=WRN_CFG)
 def wrn_40_2(**kwargs: Any) -> WideResNet:
     """WRN-40-2: 2.2 M parameters."""
     return WideResNet(40, 2, **kwargs)
 
 
-@register_model(cfg=CIFAR_CFG)
+@register_model(cfg=WRN_CFG)
 def wrn_40_4(**kwargs: Any) -> WideResNet:
     """WRN-40-4: 8.9 M parameters (paper: 8.9 M)."""
     return WideResNet(40, 4, **kwargs)

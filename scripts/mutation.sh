@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Mutation testing (mutmut 3) of the modules where issue 20 found gaps, each against its own fast tests.
+# Not in CI: it takes hours on 2 cores. Needs mutmut: `.venv/bin/pip install -e ".[mutation]"`.
+#
+#   scripts/mutation.sh                    # every module below, one after the other
+#   scripts/mutation.sh train/optim.py     # one module
+#
+# Each module is mutated in its own copy of the committed tree under ${MUTATION_DIR:-/tmp/nondeep-mutation}
+# (mutmut rewrites files), and the summary lines go to <copy>/summary.txt; `mutmut results` and
+# `mutmut show NAME` run in that copy list and show the survivors. docs/testing.md has the last scores.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+MUTMUT="$(dirname "$PYTHON")/mutmut"
+WORK="${MUTATION_DIR:-/tmp/nondeep-mutation}"
+
+# module (under src/nondeep) -> the test files that exercise it
+declare -A TESTS=(
+  [train/optim.py]="tests/test_optim.py"
+  [data/sampling.py]="tests/test_data.py tests/test_train_options.py::test_build_loaders_shuffles_the_train_split_per_epoch_and_keeps_the_eval_order"
+  [data/tensor_loader.py]="tests/test_data.py"
+  [checkpoint.py]="tests/test_checkpoint.py"
+  [models/blocks.py]="tests/test_block_structure.py tests/test_reparam.py tests/test_reference_outputs.py"
+  [models/parnet.py]="tests/test_parnet.py tests/test_reference_outputs.py tests/test_features_detection.py"
+)
+ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py models/blocks.py models/parnet.py)
+MODULES=("${@:-${ORDER[@]}}")
+
+for module in "${MODULES[@]}"; do
+  tests="${TESTS[$module]:?no tests listed for $module}"
+  copy="$WORK/${module//\//_}"
+  rm -rf "$copy" && mkdir -p "$copy"
+  git -C "$ROOT" archive HEAD | tar -x -C "$copy"
+  {
+    echo "[mutmut]"
+    echo "source_paths=src/"
+    echo "only_mutate=src/nondeep/$module"
+    echo "pytest_add_cli_args_test_selection="
+    for t in $tests; do echo "    $t"; done
+    echo "process_isolation=forkserver"  # torch is not fork-safe after pytest has run in the parent
+    echo "timeout_constant=60"  # seconds on top of 15x the clean run: 2 busy cores make a test run 10x slower
+  } > "$copy/setup.cfg"
+  echo "== $module against: $tests"
+  start=$(date +%s)
+  (cd "$copy" && OMP_NUM_THREADS=1 "$MUTMUT" run --max-children 1 > run.log 2>&1) || true
+  (cd "$copy" && "$MUTMUT" results --all true > results.txt 2>&1) || true
+  {
+    echo "module: src/nondeep/$module"
+    echo "tests: $tests"
+    echo "minutes: $(( ($(date +%s) - start) / 60 ))"
+    for status in killed survived "no tests" timeout suspicious segfault skipped; do
+      echo "$status: $(grep -c ": $status\$" "$copy/results.txt" || true)"
+    done
+  } | tee "$copy/summary.txt"
+done
