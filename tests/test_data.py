@@ -258,10 +258,14 @@ def test_image_folder_corrupt_image_names_the_file(tmp_path):
     image_tree(tmp_path / "train", n=2)
     image_tree(tmp_path / "val", n=1)
     (tmp_path / "train" / "bee" / "broken.png").write_bytes(b"\x89PNG not really")
-    train, _, _ = build_loaders(str(tmp_path), batch_size=8, image_size=8, num_workers=1)
+    # size and channels given: no image is opened up front, so the worker that decodes it names it
+    train, _, _ = build_loaders(str(tmp_path), batch_size=8, image_size=8, in_chans=3, num_workers=1)
     with pytest.raises(DatasetError) as info:
         list(train)
     assert "broken.png" in str(info.value) and "\n" not in str(info.value)
+    # otherwise the headers read to find the tree's own size name it before anything runs
+    with pytest.raises(DatasetError, match="cannot read image .*broken.png"):
+        build_loaders(str(tmp_path), batch_size=8, num_workers=0)
 
 
 # ---------------------------------------------------------------- TensorLoader

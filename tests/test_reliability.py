@@ -133,10 +133,10 @@ class _NaNAfter(torch.nn.Module):
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nan_loss_stops_with_step_lr_and_checkpoint_or_is_skipped(tiny_fashion, tmp_path, monkeypatch, policy):
-    from nondeep.train import loop
+    from nondeep.train import preflight
 
-    real_create = loop.create_model
-    monkeypatch.setattr(loop, "create_model", lambda *a, **k: _NaNAfter(real_create(*a, **k), {11, 12}))
+    real_create = preflight.create_model
+    monkeypatch.setattr(preflight, "create_model", lambda *a, **k: _NaNAfter(real_create(*a, **k), {11, 12}))
     cfg = TrainConfig(model="parnet_tiny", data_dir=str(tiny_fashion), out=str(tmp_path / "run"), epochs=2,
                       batch_size=32, max_train_samples=256, progress=False, num_workers=0, flip=False,
                       crop_padding=0, on_nan=policy, model_kwargs={"width_multiplier": 0.5})

@@ -3,7 +3,9 @@
 
 Nothing is unpickled: safetensors stores raw tensors and the state is JSON. Writes go to a temporary file
 that is flushed and renamed, so a crash leaves the previous checkpoint intact. The metadata records a
-SHA-256 of the tensor data; a truncated or altered file is refused on load, never half-loaded.
+SHA-256 of the tensor data, and the header a SHA-256 of the metadata (which holds the tensors' one), so a
+truncated or altered file is refused on load, never half-loaded. Checkpoints of format v1 (before the
+metadata was covered) still load, checked by their tensor checksum only.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -23,7 +25,9 @@ from torch import nn
 from .errors import NondeepError
 from .report import atomic_write_bytes
 
-FORMAT = "nondeep-checkpoint-v1"
+FORMAT = "nondeep-checkpoint-v2"
+_TENSOR_ONLY_FORMATS = ("nondeep-checkpoint-v1",)  # older files: their checksum covers the tensors only
+_META_DIGEST = "nondeep_sha256"  # header key: SHA-256 of the metadata JSON, as stored
 
 
 class CheckpointError(NondeepError):
@@ -78,7 +82,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
     for k, v in (extra_tensors or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
     meta["sha256"] = _digest(tensors)
-    atomic_write_bytes(path, st_save(tensors, metadata={"nondeep": json.dumps(meta)}))
+    meta_json = json.dumps(meta)
+    atomic_write_bytes(path, st_save(tensors, metadata={"nondeep": meta_json, _META_DIGEST: _sha256(meta_json)}))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -104,9 +113,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except (SafetensorError, ValueError, KeyError, TypeError, OSError, struct.error) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}): use another "
                               f"checkpoint (e.g. best.safetensors / last.safetensors) or retrain") from err
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a nondeep checkpoint (format {meta.get('format')!r})")
-    if _digest(tensors) != meta.get("sha256"):
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *_TENSOR_ONLY_FORMATS):
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path} is not a nondeep checkpoint (format {found!r}): pass a .safetensors file "
+                              f"that `nondeep train` wrote")
+    meta_ok = meta["format"] in _TENSOR_ONLY_FORMATS or metadata.get(_META_DIGEST) == _sha256(metadata["nondeep"])
+    if not meta_ok or _digest(tensors) != meta.get("sha256"):
         raise CheckpointError(f"checkpoint {path} fails its checksum (altered or partly written): use another "
                               f"checkpoint or retrain")
     return tensors, meta
@@ -120,26 +132,57 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", num_c
                use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the registered model a checkpoint was trained as and load its weights strictly; eval mode.
     `num_classes`, when given, must match the checkpoint's (a clear error otherwise)."""
-    from .models import create_model
-
     tensors, meta = read_checkpoint(path)
-    trained_classes = meta["model_kwargs"].get("num_classes")
+    trained_classes = meta.get("model_kwargs", {}).get("num_classes")
     if num_classes is not None and trained_classes is not None and num_classes != trained_classes:
         raise CheckpointError(f"checkpoint {path} was trained for {trained_classes} classes, not {num_classes}: "
                               f"evaluate it on a dataset with {trained_classes} classes or fine-tune it")
-    model = create_model(meta["model"], **meta["model_kwargs"])
     weights = _with_prefix(tensors, "ema.module.") if use_ema else _with_prefix(tensors, "model.")
     if use_ema and not weights:
         raise CheckpointError(f"checkpoint {path} holds no EMA weights: train with --ema-decay > 0")
-    model.load_state_dict(weights, strict=True)
-    return model.to(map_location).eval(), meta
+    return model_from_weights(path, meta, weights).to(map_location).eval(), meta
+
+
+def model_from_weights(path: str | Path, meta: dict[str, Any], weights: dict[str, torch.Tensor]) -> nn.Module:
+    """The model `meta` names, built with its model_kwargs and loaded strictly with `weights`; a CheckpointError
+    (one line) when the metadata does not describe these tensors or the data it records."""
+    from .models import create_model
+
+    kwargs = meta.get("model_kwargs")
+    described = f"model {meta.get('model')!r} with {kwargs}"
+    try:
+        if not isinstance(kwargs, dict):
+            raise TypeError("model_kwargs is not a mapping")
+        model = create_model(meta["model"], **kwargs)
+        model.load_state_dict(weights, strict=True)
+    except (NondeepError, TypeError, ValueError, KeyError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path}: its metadata ({described}) does not fit its weights "
+                              f"({reason[:160]}): the file was edited or not written by `nondeep train`; use "
+                              f"another checkpoint or retrain") from err
+    data = meta.get("data") or {}
+    for key, built in (("in_chans", getattr(model, "in_chans", None)), ("num_classes", getattr(model, "num_classes", None))):
+        recorded = data.get(key)
+        if recorded is not None and built is not None and recorded != built:
+            raise CheckpointError(f"checkpoint {path}: its metadata records data with {key} {recorded} but its "
+                                  f"weights are a model with {key} {built}: the file was edited; use another "
+                                  f"checkpoint or retrain")
+    return model
 
 
 def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                        ema: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Restore model/optimizer/EMA in place for --resume; returns (meta, extra tensors)."""
+                        ema: nn.Module | None = None, expect: Callable[[dict[str, Any]], None] | None = None,
+                        ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore model/optimizer/EMA in place for --resume; returns (meta, extra tensors). expect(meta), when
+    given, runs before anything is loaded and raises when the checkpoint is not the one asked for."""
     tensors, meta = read_checkpoint(path)
-    model.load_state_dict(_with_prefix(tensors, "model."), strict=True)
+    if expect is not None:
+        expect(meta)
+    try:
+        model.load_state_dict(_with_prefix(tensors, "model."), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} holds another model's weights ({str(err).splitlines()[0][:120]}): "
+                              f"resume it with the model and --model-kwargs it was trained with") from err
     if optimizer is not None and "optimizer" in meta:
         optimizer.load_state_dict(_unflatten_optimizer(_with_prefix(tensors, "optim."), meta["optimizer"]))
     if ema is not None:

@@ -32,6 +32,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NondeepError as err:
         print(f"nondeep: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("nondeep: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"nondeep: interrupted {err}".rstrip(), file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 
@@ -20,6 +21,9 @@ _SHORT_HELP = {
     "out": "run folder: checkpoints, metrics.csv, summary.json (default runs/<date>-<model>-<data>)",
     "max_train_samples": "train on the first N images only (smoke runs)",
     "model_kwargs": "JSON object of extra model arguments, e.g. '{\"width_multiplier\": 2}'",
+    "image_size": "ImageFolder trees: the side images are trained at (default: the images' own)",
+    "in_chans": "ImageFolder trees: 1 (grey) or 3 (colour) (default: as the images are)",
+    "batch_size": "images a step; lowered (with the lr) when a step would not fit in memory",
 }
 
 
@@ -51,16 +55,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    summary = train(config_from_args(args), resume=args.resume)
-    if summary:
+    summary = train(config_from_args(args), resume=args.resume, force=args.force)
+    if summary.get("interrupted"):
+        print(f"interrupted ({summary['stopped_by']}) after {summary['epochs']} of {summary['epochs_planned']} "
+              f"epochs: checkpoint saved at {summary['checkpoint']}; continue with --resume (the same command "
+              f"with --resume added)", file=sys.stderr)
+    elif summary:
         keys = ["model", "data", "epochs", "test_accuracy", "fused_test_accuracy", "params", "depth", "train_seconds"]
         print(format_table([{k: summary[k] for k in keys}]))
         print(f"run folder: {summary['out']}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate_checkpoint(args.checkpoint, data=args.data, data_dir=args.data_dir, fused=args.fused,
-                                 device=args.device, use_ema=args.ema)
+                                 device=args.device, use_ema=args.ema, batch_size=args.batch_size)
     print(format_table([result]))
 
 
@@ -70,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Under `torchrun --nproc_per_node=N` it runs DistributedDataParallel.")
     p.add_argument("--config", help="YAML file of TrainConfig fields (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="write the run into an --out folder that holds files "
+                   "nondeep did not write (files of the same names are replaced)")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -79,7 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--data-dir")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, help="images a forward pass (default: 256, lowered to fit in memory)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.set_defaults(func=cmd_eval)
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DatasetError
 from . import cifar, fashion_mnist
-from .folder import MEAN as IMAGENET_MEAN, STD as IMAGENET_STD, build_folder_loaders, build_folder_test_loader
+from .folder import FitBatches, build_folder_loaders, build_folder_test_loader, normalisation
 from .sampling import holdout_split
 from .tensor_loader import Augment, TensorLoader
 
@@ -44,6 +44,7 @@ class DataInfo:
     classes: list[str]
     num_train: int
     num_eval: int
+    path: str | None = None  # absolute: the ImageFolder tree, or the folder a small dataset was read from
 
 
 def resolve_data(data: str, data_dir: str | os.PathLike | None = None) -> tuple[str, Path | None]:
@@ -88,16 +89,21 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
                   eval_batch_size: int | None = None, augment: Augment | None = None, val_split: float = 0.0,
                   max_train_samples: int | None = None, device: str | torch.device = "cpu", seed: int = 0,
                   rank: int = 0, world_size: int = 1, num_workers: int = 2, download: bool = True,
-                  image_size: int = 224, with_indices: bool = False) -> tuple[Iterable, Iterable, DataInfo]:
+                  image_size: int | None = None, in_chans: int | None = None, with_indices: bool = False,
+                  fit_batches: FitBatches | None = None) -> tuple[Iterable, Iterable, DataInfo]:
     """(train loader, eval loader, DataInfo) for `data`.
 
     The train loader shuffles by (seed, epoch), shards across `world_size` ranks and augments with
     `augment` (None: `default_augment(data)`; `Augment.off()`: none). The eval loader is the validation
     split when val_split > 0: a fixed held-out fraction of train (the same images for every seed), which the
     train loader then leaves out; with val_split 0 it is the test split (an ImageFolder's val/). It is
-    neither shuffled nor sharded. `build_test_loader` gives the test split itself. max_train_samples keeps the first N training
-    images. image_size and num_workers apply to ImageFolder trees only; download to Fashion-MNIST only.
+    neither shuffled nor sharded. `build_test_loader` gives the test split itself. max_train_samples keeps
+    the first N training images. image_size, in_chans (None: the tree's own) and num_workers apply to
+    ImageFolder trees only (a small dataset refuses a size or channel count other than its own); download
+    to Fashion-MNIST only.
     with_indices: the train loader also yields each sample's index in the (kept) training set.
+    fit_batches(num_classes, in_chans, (height, width)), when given, returns the (train, eval) batch sizes to
+    use instead (the trainer's memory check); the loaders' batch_size attributes say what was used.
     """
     if not 0.0 <= val_split < 1.0:
         raise DatasetError(f"val_split must be in [0, 1), got {val_split}")
@@ -112,12 +118,13 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
         if with_indices:
             raise DatasetError("with_indices (cached teacher logits) needs an in-memory dataset "
                                f"({', '.join(SMALL)}); for an image tree run the teacher online")
-        train, evaluate, classes = build_folder_loaders(
+        train, evaluate, classes, side, chans = build_folder_loaders(
             path, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
             val_split=val_split, max_train_samples=max_train_samples, device=device, seed=seed, rank=rank,
-            world_size=world_size, num_workers=num_workers, image_size=image_size)
-        info = DataInfo(path.name or str(path), len(classes), 3, (image_size, image_size), IMAGENET_MEAN,
-                        IMAGENET_STD, classes, len(train.dataset), len(evaluate.dataset))
+            world_size=world_size, num_workers=num_workers, image_size=image_size, in_chans=in_chans,
+            fit_batches=fit_batches)
+        info = DataInfo(path.name or str(path), len(classes), chans, (side, side), *normalisation(chans), classes,
+                        len(train.dataset), len(evaluate.dataset), path=str(path.resolve()))
         return train, evaluate, info
 
     images, labels, classes = load_arrays(name, "train", data_dir, download)
@@ -130,6 +137,12 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
         eval_images, eval_labels, _ = load_arrays(name, "test", data_dir, download)
     if max_train_samples is not None:
         images, labels = images[:max_train_samples], labels[:max_train_samples]
+    own = (images.shape[1], images.shape[2])
+    if (in_chans or own[0], image_size or own[1]) != own:
+        raise DatasetError(f"{name} is {own[0]}-channel {own[1]}x{own[1]}; a size or channel count of its own "
+                           f"(--image-size, --in-chans) is for ImageFolder trees: drop those options")
+    if fit_batches is not None:
+        batch_size, eval_batch_size = fit_batches(len(classes), images.shape[1], tuple(images.shape[2:]))
     mean, std = _stats(name)
     # drop a ragged last batch in training (a batch of one breaks BatchNorm), unless it is the only one
     per_rank = len(labels) // world_size
@@ -138,7 +151,7 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
                          world_size=world_size, with_indices=with_indices)
     evaluate = TensorLoader(eval_images, eval_labels, eval_batch_size, mean, std, device=device)
     info = DataInfo(name, len(classes), images.shape[1], tuple(images.shape[2:]), mean, std, classes,
-                    len(labels), len(eval_labels))
+                    len(labels), len(eval_labels), path=str(Path(data_dir).resolve()) if data_dir else None)
     return train, evaluate, info
 
 
@@ -155,14 +168,15 @@ def check_holdout(n: int, n_train: int, n_val: int, val_split: float, batch_size
 
 def build_test_loader(data: str, *, data_dir: str | None = None, batch_size: int = 1024,
                       device: str | torch.device = "cpu", download: bool = True, image_size: int = 224,
-                      num_workers: int = 2) -> Iterable | None:
+                      in_chans: int = 3, num_workers: int = 2) -> Iterable | None:
     """The test split of `data`, touched once at the end of a run: the in-memory datasets' test set, or an
-    ImageFolder tree's val/ folder (None for a tree without one: it has no test split)."""
+    ImageFolder tree's val/ folder read at image_size and in_chans (None for a tree without one: it has no
+    test split)."""
     name, path = resolve_data(data, data_dir)
     device = torch.device(device)
     if path is not None:
         return build_folder_test_loader(path, batch_size=batch_size, device=device, image_size=image_size,
-                                        num_workers=num_workers)
+                                        in_chans=in_chans, num_workers=num_workers)
     images, labels, _ = load_arrays(name, "test", data_dir, download)
     mean, std = _stats(name)
     return TensorLoader(images, labels, batch_size, mean, std, device=device)

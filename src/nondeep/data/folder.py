@@ -3,12 +3,20 @@
 Without a val/ folder, a fixed fraction of train (or of root itself, when there is no train/ either) is
 held out for evaluation. Images are decoded by DataLoader workers through torchvision's ImageFolder; the
 loader is wrapped so a bad file stops the run with its name instead of a PIL traceback.
+
+By default a tree is used at its own size (the median shorter side of a sample of its images) and in grey
+when every sampled image is grey, else in colour; image_size and in_chans override both. Small images
+(<= SMALL_IMAGE px) are augmented like CIFAR (pad and crop) and evaluated as they are; larger ones like
+ImageNet (random resized crop; resize to size / 0.875 and centre-crop for evaluation).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import signal
+import statistics
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -22,17 +30,45 @@ from .sampling import epoch_indices, holdout_split, mix_seed, shard_size
 from .tensor_loader import Augment
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's
+GREY_MEAN, GREY_STD = (sum(MEAN) / 3,), (sum(STD) / 3,)  # for grey trees: the average of the colour ones
 CROP_PCT = 0.875  # eval: resize to size / 0.875, then centre-crop size (256 -> 224)
+SMALL_IMAGE = 64  # up to this side: CIFAR-style pad-and-crop augmentation, no resize for evaluation
+# (num_classes, in_chans, (height, width)) -> the (train, eval) batch sizes to use: a memory check
+FitBatches = Callable[[int, int, "tuple[int, int]"], "tuple[int, int]"]
 DEFAULT_VAL_FRACTION = 0.1  # held out when the tree has no val/ folder and val_split is 0
+SAMPLED_IMAGES = 256  # images whose headers decide a tree's own size and channels
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+_BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def load_image(path: str) -> Image.Image:
-    """PIL loader that names the file it cannot read (module level, so workers can pickle it)."""
+def load_image(path: str, mode: str = "RGB") -> Image.Image:
+    """PIL loader that names the file it cannot read (module level, so workers can pickle it); mode is "RGB"
+    or "L" (grey)."""
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")  # convert() forces the decode, so errors surface here
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            return Image.open(f).convert(mode)  # convert() forces the decode, so errors surface here
+    except _BAD_IMAGE as err:
         raise DatasetError(f"cannot read image {path} ({err}): delete or replace the file") from None
+
+
+def own_size_and_channels(folder: datasets.ImageFolder) -> tuple[int, int]:
+    """(side, channels) a tree is used at by default: the median shorter side of up to SAMPLED_IMAGES evenly
+    spaced images (headers only, no decode), and 1 channel when all of them are grey, else 3."""
+    paths = [path for path, _ in folder.samples]
+    sides, grey = [], True
+    for path in paths[::max(1, len(paths) // SAMPLED_IMAGES)][:SAMPLED_IMAGES]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+                grey = grey and image.mode in _GREY_MODES
+        except _BAD_IMAGE as err:
+            raise DatasetError(f"cannot read image {path} ({err}): delete or replace the file") from None
+    return int(statistics.median_low(sides)), 1 if grey else 3
+
+
+def normalisation(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet's mean and std, averaged over the colours for grey images."""
+    return (GREY_MEAN, GREY_STD) if in_chans == 1 else (MEAN, STD)
 
 
 def scan(root: Path) -> datasets.ImageFolder:
@@ -48,33 +84,40 @@ def scan(root: Path) -> datasets.ImageFolder:
     return folder
 
 
-def train_transform(image_size: int, augment: Augment) -> Callable:
-    """RandomResizedCrop (when augment crops at all) + flip, tensor, normalise, optional random erasing."""
-    if not augment.crop_padding:
-        steps: list[Any] = [transforms.Resize(math.floor(image_size / CROP_PCT)), transforms.CenterCrop(image_size)]
+def train_transform(image_size: int, augment: Augment, in_chans: int = 3) -> Callable:
+    """Crop (small images: pad by augment.crop_padding and crop; large: RandomResizedCrop; none when
+    crop_padding is 0) + flip, tensor, normalise, optional random erasing."""
+    if image_size <= SMALL_IMAGE:
+        steps: list[Any] = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+        if augment.crop_padding:
+            steps.append(transforms.RandomCrop(image_size, padding=augment.crop_padding))
+    elif not augment.crop_padding:
+        steps = [transforms.Resize(math.floor(image_size / CROP_PCT)), transforms.CenterCrop(image_size)]
     else:
         steps = [transforms.RandomResizedCrop(image_size)]
     if augment.flip:
         steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    steps += [transforms.ToTensor(), transforms.Normalize(*normalisation(in_chans))]
     if augment.cutout:  # cutout as a fixed-size square random erasing, filled with 0 (the mean)
         area = min(1.0, augment.cutout ** 2 / image_size ** 2)
         steps.append(transforms.RandomErasing(p=1.0, scale=(area, area), ratio=(1.0, 1.0), value=0))
     return transforms.Compose(steps)
 
 
-def eval_transform(image_size: int) -> Callable:
-    return transforms.Compose([transforms.Resize(math.floor(image_size / CROP_PCT)),
-                               transforms.CenterCrop(image_size), transforms.ToTensor(),
-                               transforms.Normalize(MEAN, STD)])
+def eval_transform(image_size: int, in_chans: int = 3) -> Callable:
+    resize = image_size if image_size <= SMALL_IMAGE else math.floor(image_size / CROP_PCT)
+    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.ToTensor(),
+                               transforms.Normalize(*normalisation(in_chans))])
 
 
 class _Subset(Dataset):
     """Some samples of an ImageFolder, with their own transform (train and held-out share one scan)."""
 
-    def __init__(self, folder: datasets.ImageFolder, indices: Sequence[int], transform: Callable) -> None:
+    def __init__(self, folder: datasets.ImageFolder, indices: Sequence[int], transform: Callable,
+                 in_chans: int = 3) -> None:
         self.samples = [folder.samples[i] for i in indices]
-        self.loader, self.transform = folder.loader, transform
+        self.loader = functools.partial(load_image, mode="L" if in_chans == 1 else "RGB")
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -116,6 +159,11 @@ def _clean(err: DatasetError) -> DatasetError:
     return DatasetError(text.strip().splitlines()[-1].split("DatasetError: ", 1)[-1])
 
 
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C in a terminal reaches the workers too; the trainer alone decides (it checkpoints and stops)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class FolderLoader:
     """A DataLoader yielding (normalised float images, int64 labels) on `device`, with set_epoch."""
 
@@ -127,7 +175,7 @@ class FolderLoader:
         self.num_samples = len(dataset) if world_size == 1 else shard_size(len(dataset), world_size)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
                                  num_workers=num_workers, pin_memory=device.type == "cuda",
-                                 persistent_workers=num_workers > 0)
+                                 persistent_workers=num_workers > 0, worker_init_fn=_ignore_ctrl_c)
         self.dataset = dataset
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -153,8 +201,11 @@ class FolderLoader:
 def build_folder_loaders(root: str | os.PathLike, *, batch_size: int, eval_batch_size: int,
                          augment: Augment, val_split: float, max_train_samples: int | None,
                          device: torch.device, seed: int, rank: int, world_size: int, num_workers: int,
-                         image_size: int) -> tuple[FolderLoader, FolderLoader, list[str]]:
-    """(train loader, eval loader, class names) for an ImageFolder tree; see the module docstring."""
+                         image_size: int | None, in_chans: int | None,
+                         fit_batches: "FitBatches | None" = None,
+                         ) -> tuple[FolderLoader, FolderLoader, list[str], int, int]:
+    """(train loader, eval loader, class names, image side, channels) for an ImageFolder tree; see the module
+    docstring. fit_batches(classes, channels, (side, side)), when given, returns the (train, eval) batch sizes."""
     root = Path(root)
     train_root = root / "train" if (root / "train").is_dir() else root
     val_root = root / "val" if (root / "val").is_dir() and train_root != root else None
@@ -178,23 +229,29 @@ def build_folder_loaders(root: str | os.PathLike, *, batch_size: int, eval_batch
     train_idx = keep[torch.randperm(len(keep), generator=g)].tolist()
     if max_train_samples is not None:
         train_idx = train_idx[:max_train_samples]
-    train_set = _Subset(train_tree, train_idx, train_transform(image_size, augment))
-    eval_set = _Subset(val_tree, eval_idx, eval_transform(image_size))
+    if image_size is None or in_chans is None:
+        own_size, own_chans = own_size_and_channels(train_tree)
+        image_size, in_chans = image_size or own_size, in_chans or own_chans
+    if fit_batches is not None:
+        batch_size, eval_batch_size = fit_batches(len(train_tree.classes), in_chans, (image_size, image_size))
+    train_set = _Subset(train_tree, train_idx, train_transform(image_size, augment, in_chans), in_chans)
+    eval_set = _Subset(val_tree, eval_idx, eval_transform(image_size, in_chans), in_chans)
     per_rank = len(train_set) if world_size == 1 else shard_size(len(train_set), world_size)
     common = dict(device=device, seed=seed, num_workers=num_workers)
     train = FolderLoader(train_set, batch_size, shuffle=True, drop_last=per_rank >= batch_size, rank=rank,
                          world_size=world_size, **common)
     evaluate = FolderLoader(eval_set, eval_batch_size, shuffle=False, drop_last=False, rank=0, world_size=1,
                             **common)
-    return train, evaluate, train_tree.classes
+    return train, evaluate, train_tree.classes, image_size, in_chans
 
 
 def build_folder_test_loader(root: str | os.PathLike, *, batch_size: int, device: torch.device, image_size: int,
-                             num_workers: int) -> FolderLoader | None:
+                             in_chans: int, num_workers: int) -> FolderLoader | None:
     """The tree's val/ folder as the test split (ImageNet's habit), or None when the tree has none."""
     root = Path(root)
     if not ((root / "train").is_dir() and (root / "val").is_dir()):
         return None
     tree = scan(root / "val")
-    return FolderLoader(_Subset(tree, range(len(tree)), eval_transform(image_size)), batch_size, shuffle=False,
-                        drop_last=False, device=device, seed=0, rank=0, world_size=1, num_workers=num_workers)
+    return FolderLoader(_Subset(tree, range(len(tree)), eval_transform(image_size, in_chans), in_chans), batch_size,
+                        shuffle=False, drop_last=False, device=device, seed=0, rank=0, world_size=1,
+                        num_workers=num_workers)

@@ -25,6 +25,8 @@ class TrainConfig:
     model: str = "parnet_tiny"
     data: str = "fashion-mnist"
     data_dir: str | None = None
+    image_size: int | None = None          # ImageFolder trees: side to train at; None = the images' own
+    in_chans: int | None = None            # ImageFolder trees: 1 (grey) or 3; None = as the images are
     out: str | None = None                 # run folder; default runs/<date>-<model>-<data>
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     max_train_samples: int | None = None
@@ -82,6 +84,8 @@ class TrainConfig:
             (self.checkpoint_every_steps >= 0 and self.checkpoint_every_minutes >= 0,
              "checkpoint intervals must be >= 0"),
             (self.crop_padding >= 0 and self.cutout >= 0, "crop_padding and cutout must be >= 0"),
+            (self.image_size is None or self.image_size >= 8, "image_size must be >= 8"),
+            (self.in_chans in (None, 1, 3), "in_chans must be 1 (grey) or 3 (colour)"),
         ]
         for ok, message in checks:
             if not ok:

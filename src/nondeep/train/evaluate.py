@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import CheckpointError, load_model
-from ..data import build_loaders
+from ..data import SMALL, build_loaders, resolve_data
 from ..reparam import reparameterize_model
 
 
@@ -33,17 +33,50 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_
 
 
 def evaluate_checkpoint(path: str | Path, data: str | None = None, data_dir: str | None = None, fused: bool = False,
-                        device: str | torch.device = "cpu", batch_size: int = 1024,
+                        device: str | torch.device = "cpu", batch_size: int | None = None,
                         use_ema: bool = False) -> dict[str, Any]:
-    """Evaluate a checkpoint on the test split of the dataset it was trained on (or `data`)."""
-    model, meta = load_model(path, map_location=device, use_ema=use_ema)
-    data = data or meta["data"]["name"]
+    """Evaluate a checkpoint on the test split of the dataset it was trained on (found where training read
+    it, from any working directory), or on `data`. An ImageFolder is read at the checkpoint's image size and
+    channels. batch_size None: 256, lowered when a batch would not fit in memory."""
+    from .loop import resolve_device  # the trainer's check: a CUDA device asked for without CUDA is refused
+    from .preflight import EVAL_BATCH, activation_bytes, eval_batch_for
+
+    device = resolve_device(str(device))
+    model, meta = load_model(path, map_location="cpu", use_ema=use_ema)
+    trained = meta.get("data") or {}
+    if data is None:
+        data, data_dir = _recorded_data(trained, data_dir)
+    if resolve_data(data, data_dir)[0] == "folder":
+        size = dict(image_size=int(trained["image_size"][0]), in_chans=int(trained["in_chans"]))
+    else:
+        size = {}
+    if batch_size is None:
+        image = (int(trained.get("in_chans", getattr(model, "in_chans", 3))),
+                 *map(int, trained.get("image_size", (224, 224))))
+        batch_size = eval_batch_for(EVAL_BATCH, activation_bytes(model, image)[1], device)
     _, eval_loader, info = build_loaders(data, data_dir=data_dir, batch_size=batch_size, eval_batch_size=batch_size,
-                                         device=device)
+                                         device=device, **size)
     if model.num_classes != info.num_classes:
         raise CheckpointError(f"checkpoint {path} was trained for {model.num_classes} classes but {info.name} has "
                               f"{info.num_classes}: evaluate it on the dataset it was trained on")
+    if getattr(model, "in_chans", info.in_chans) != info.in_chans:
+        raise CheckpointError(f"checkpoint {path} takes {model.in_chans}-channel images but {info.name} has "
+                              f"{info.in_chans}: evaluate it on the dataset it was trained on")
     if fused:
         model = reparameterize_model(model)
     return {"checkpoint": str(path), "model": meta["model"], "data": info.name, "fused": fused,
-            **evaluate(model, eval_loader, torch.device(device))}
+            **evaluate(model.to(device), eval_loader, device)}
+
+
+def _recorded_data(trained: dict[str, Any], data_dir: str | None) -> tuple[str, str | None]:
+    """The dataset a checkpoint was trained on, at the absolute path its training recorded."""
+    name, recorded = trained.get("name"), trained.get("path")
+    if name is None:
+        raise CheckpointError("the checkpoint records no dataset: pass --data")
+    if name in SMALL:
+        return name, data_dir or (recorded if recorded and Path(recorded).is_dir() else None)
+    if recorded and Path(recorded).is_dir():
+        return recorded, data_dir
+    where = f" at {recorded}" if recorded else ""
+    raise CheckpointError(f"the checkpoint was trained on the image folder {name!r}{where}, which is not there "
+                          f"now: pass --data PATH of that folder")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import io
 import os
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -26,12 +27,14 @@ from .. import measure
 from ..checkpoint import load_model, load_training_state, save_checkpoint
 from ..data import Augment, DataInfo, build_loaders, build_test_loader
 from ..errors import NondeepError
-from ..models import create_model
 from ..report import remove_stale_temp_files, write_json, write_text
 from ..reparam import reparameterize_model
+from ..runlock import RunLock, check_folder_is_ours
 from .config import TrainConfig
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at
+from .preflight import (build_model, check_out_path, check_resume_fits, fit_batches, fitted_config,
+                        model_kwargs_for)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5", "lr",
                   "epoch_seconds", "train_images_per_sec"]
@@ -50,9 +53,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM ask the loop to checkpoint at the next step boundary and exit cleanly."""
+    """SIGINT/SIGTERM ask the loop to checkpoint at the next step boundary and exit cleanly; a second SIGINT
+    (Ctrl-C again) raises KeyboardInterrupt at once (atomic writes keep the last checkpoint whole)."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -65,7 +70,14 @@ class _StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            kept = (f"the last checkpoint ({self.checkpoint}) is intact: continue with --resume"
+                    if self.checkpoint.exists() else "no checkpoint was saved yet")
+            raise KeyboardInterrupt(f"at once; {kept}")
         self.signal = signum
+        # os.write, not print: the handler may have interrupted a print to stderr (the progress bar)
+        os.write(2, f"\nnondeep: {signal.Signals(signum).name}: saving a checkpoint after this step and stopping "
+                    f"(Ctrl-C again to quit at once)\n".encode())
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -83,14 +95,23 @@ LoaderFactory = Callable[[torch.device, int, int], "tuple[Iterable, Iterable, Da
 
 
 def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
-          run_meta: dict[str, Any] | None = None, loaders: LoaderFactory | None = None) -> dict[str, Any]:
+          run_meta: dict[str, Any] | None = None, loaders: LoaderFactory | None = None,
+          force: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`; returns the summary also written to <out>/summary.json.
 
     loss_fn(logits, labels, sample_indices, images) replaces the label cross-entropy (distillation); when it
     has `needs_indices = True` the loader also yields each sample's training-set index. run_meta (JSON-able)
     is stored in the checkpoints and the summary. loaders(device, rank, world_size), when given, replaces
     build_loaders (distillation's fixed transfer set); cfg's data and augmentation fields are then unused here.
+    The run holds a lock on its folder while it writes (a second run into it is refused); force: write into
+    an existing folder that holds files nondeep did not write.
     """
+    with ExitStack() as held:  # the run folder's lock, released however the run ends
+        return _train(cfg, resume, loss_fn, run_meta, loaders, force, held)
+
+
+def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dict[str, Any] | None,
+           loaders: LoaderFactory | None, force: bool, held: ExitStack) -> dict[str, Any]:
     cfg.validate()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -117,6 +138,8 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
                            f"another --out (nothing was overwritten)")
     if resume and not last_path.exists():
         raise NondeepError(f"--resume: no checkpoint at {last_path}; start without --resume or fix --out")
+    check_out_path(out)
+    check_folder_is_ours(out, force=force or resume)
 
     # Data
     if loaders is not None:
@@ -127,16 +150,19 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
             cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
             augment=augment, val_split=cfg.val_split, max_train_samples=cfg.max_train_samples, device=device,
             seed=cfg.seed, rank=rank, world_size=world_size, num_workers=cfg.num_workers,
-            with_indices=getattr(loss_fn, "needs_indices", False))
+            with_indices=getattr(loss_fn, "needs_indices", False), image_size=cfg.image_size,
+            in_chans=cfg.in_chans, fit_batches=functools.partial(fit_batches, cfg, device))
+        cfg = fitted_config(cfg, train_loader.batch_size, eval_loader.batch_size)  # lowered if out of memory
     # With a validation split the eval loader is validation, used every epoch and to choose best; the test
     # split is read once, after training. Without one, the eval loader is the test split and nothing is chosen.
     selects = cfg.val_split > 0
     test_loader = (build_test_loader(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.eval_batch_size,
-                                     device=device) if selects and is_main else eval_loader)
+                                     device=device, image_size=info.image_size[0], in_chans=info.in_chans)
+                   if selects and is_main else eval_loader)
 
     # Model, optimizer, EMA
-    model_kwargs = {"num_classes": info.num_classes, "in_chans": info.in_chans, **cfg.model_kwargs}
-    model = create_model(cfg.model, **model_kwargs).to(device)
+    model_kwargs = model_kwargs_for(cfg, info.num_classes, info.in_chans)
+    model = build_model(cfg.model, model_kwargs).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, cfg)
@@ -148,7 +174,8 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
     partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
     nan_steps = 0
     if resume:
-        meta, extra = load_training_state(last_path, model, optimizer, ema)
+        meta, extra = load_training_state(last_path, model, optimizer, ema, expect=lambda meta: check_resume_fits(
+            last_path, meta, cfg, model_kwargs, info))
         step, start_epoch, start_batch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         history, best_top1, nan_steps = meta["history"], meta["best_top1"], meta.get("nan_steps", 0)
         partial = meta["partial_epoch"]
@@ -174,14 +201,14 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
                             extra_tensors={"torch_rng": torch.get_rng_state()})
 
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        held.enter_context(RunLock(out))  # makes the folder; refused while another run writes it
         remove_stale_temp_files(out)  # half-written files of a killed run; the finished ones are untouched
         write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     board = _tensorboard_writer(out) if is_main else None
     train_start = time.perf_counter() - sum(row["epoch_seconds"] for row in history)
     last_save = time.monotonic()
     stopped_by = None
-    with _StopRequest() as stop:
+    with _StopRequest(last_path) as stop:
         for epoch in range(start_epoch, cfg.epochs):
             train_loader.set_epoch(epoch, start_batch)
             train_model.train()
@@ -258,7 +285,8 @@ def train(cfg: TrainConfig, resume: bool = False, loss_fn: LossFn | None = None,
                     save(best_path, epoch + 1, 0, partial)
                 save(last_path, epoch + 1, 0, partial)
                 last_save = time.monotonic()
-            if stopped_by:
+            if stop.signal:  # also when it came during the evaluation: the epoch's checkpoint is saved
+                stopped_by = signal.Signals(stop.signal).name
                 break
     if board is not None:
         board.close()
@@ -292,13 +320,14 @@ def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None
             info: DataInfo, device: torch.device, history: list[dict[str, Any]], train_start: float,
             stopped_by: str | None, nan_steps: int, run_meta: dict[str, Any] | None, steps: int) -> dict[str, Any]:
     """The test split's one use: the final model, its fused form and the model chosen on validation (best)
-    are evaluated on it. Writes summary.json (which split chose what) and the training curves."""
+    are evaluated on it (not when the run was interrupted: resuming finishes it). Writes summary.json (which
+    split chose what) and the training curves."""
     final = ema.module if ema is not None else model
     fused = reparameterize_model(final)
     selects = cfg.val_split > 0
     best_row = max(history, key=lambda r: r["eval_top1"]) if selects and history else (history[-1] if history else None)
     test = fused_test = best_test = None
-    if test_loader is not None:
+    if test_loader is not None and not stopped_by:
         test = evaluate(final, test_loader, device)
         fused_test = evaluate(fused, test_loader, device)["eval_top1"]
         best_test = test["eval_top1"]
@@ -315,7 +344,7 @@ def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None
                       {"split": None, "note": "val_split 0: trained on every training image, nothing selected "
                                               "(best.safetensors = last)"}),
         "epochs": len(history), "epochs_planned": cfg.epochs, "steps": steps, "train_images": info.num_train,
-        "stopped_by": stopped_by,
+        "stopped_by": stopped_by, "interrupted": stopped_by is not None,
         "val_accuracy": history[-1]["eval_top1"] if selects and history else None,
         "best_epoch": best_row["epoch"] if best_row else None,
         "best_val_accuracy": best_row["eval_top1"] if selects and best_row else None,
