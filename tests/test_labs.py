@@ -163,10 +163,8 @@ def test_a_stopped_lab_reruns_only_the_missing_runs(tiny_fashion, tmp_path, monk
 
     budget = tiny_budget(tiny_fashion)
     first, folder = run_blocks_lab(tmp_path / "bl", block_types=("plain",), budget=budget)
-    missing = _lab.run_dir(folder, first["rows"][0]["model"], 1)
-    for path in missing.iterdir():  # as if the lab had been stopped before this run finished
-        if path.is_file():
-            path.unlink()
+    # as if the lab had been killed after this run's last checkpoint, before its summary
+    (_lab.run_dir(folder, first["rows"][0]["model"], 1) / "summary.json").unlink()
     trained = []
     real_train = _lab.train
     monkeypatch.setattr(_lab, "train", lambda cfg, resume=False: trained.append(cfg.seed) or real_train(cfg, resume))
