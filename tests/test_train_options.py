@@ -37,7 +37,8 @@ def _tensors(run, prefix=""):
 
 
 class _Spy:
-    """Wraps loop.create_model / loop.build_loaders: keeps what the trainer built."""
+    """Wraps loop.build_model (the model the trainer trains; preflight's memory probe is built apart) or
+    loop.build_loaders: keeps what the trainer built."""
 
     def __init__(self, monkeypatch, name):
         self.real, self.results = getattr(loop, name), []
@@ -194,7 +195,7 @@ def test_shipped_config_loads_and_trains_a_step(config, tiny_fashion, tmp_path):
 def test_grad_clip_bounds_the_step_to_lr_times_max_norm(tiny_fashion, tmp_path, monkeypatch):
     """Plain SGD, one step: the parameters move by exactly lr x the clipped gradient norm (over all
     parameters together)."""
-    spy = _Spy(monkeypatch, "create_model")
+    spy = _Spy(monkeypatch, "build_model")
     monkeypatch.setattr(loop, "build_optimizer", lambda model, cfg: (
         spy.results.append({k: v.detach().clone() for k, v in model.named_parameters()}),
         torch.optim.SGD(model.parameters(), lr=cfg.lr))[1])
@@ -206,7 +207,7 @@ def test_grad_clip_bounds_the_step_to_lr_times_max_norm(tiny_fashion, tmp_path, 
 
 
 def test_channels_last_runs_in_that_layout_and_matches_the_default(tiny_fashion, tmp_path, monkeypatch):
-    real, built, layouts = loop.create_model, [], []
+    real, built, layouts = loop.build_model, [], []
 
     def build(*args, **kwargs):
         built.append(real(*args, **kwargs))
@@ -216,7 +217,7 @@ def test_channels_last_runs_in_that_layout_and_matches_the_default(tiny_fashion,
             (run, a[0].is_contiguous(memory_format=torch.channels_last))) if m.training else None)
         return built[-1]
 
-    monkeypatch.setattr(loop, "create_model", build)
+    monkeypatch.setattr(loop, "build_model", build)
     train(_cfg(tiny_fashion, tmp_path / "cl", channels_last=True))
     train(_cfg(tiny_fashion, tmp_path / "default"))
     assert built[0].stem[0].conv3x3.conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -228,7 +229,7 @@ def test_channels_last_runs_in_that_layout_and_matches_the_default(tiny_fashion,
 
 def _training_inputs(monkeypatch):
     """Record (input, logits) of every training forward pass of the model the trainer builds."""
-    real = loop.create_model
+    real = loop.build_model
     seen = []
 
     def build(*args, **kwargs):
@@ -237,7 +238,7 @@ def _training_inputs(monkeypatch):
             lambda m, a, out: seen.append((a[0].detach(), out.detach())) if m.training else None)
         return model
 
-    monkeypatch.setattr(loop, "create_model", build)
+    monkeypatch.setattr(loop, "build_model", build)
     return seen
 
 

@@ -3,6 +3,7 @@ metrics; finally the fused (reparameterised) model is evaluated too. Runs under 
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import datetime as dt
@@ -24,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import measure
-from ..checkpoint import load_model, load_training_state, save_checkpoint
+from ..checkpoint import load_training_state, save_checkpoint
 from ..data import Augment, DataInfo, build_loaders, build_test_loader
 from ..errors import NondeepError
 from ..report import remove_stale_temp_files, write_json, write_text
@@ -333,8 +334,10 @@ def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None
         best_test = test["eval_top1"]
         best_path = out / "best.safetensors"
         if best_row is not None and best_row is not history[-1] and best_path.exists():
-            best_model, _ = load_model(best_path, map_location=device, use_ema=ema is not None)
-            best_test = evaluate(best_model, test_loader, device)["eval_top1"]
+            # the chosen epoch's weights in a copy of the trained model (whatever module it is)
+            best_model, best_ema = copy.deepcopy(model), copy.deepcopy(ema)
+            load_training_state(best_path, best_model, ema=best_ema)
+            best_test = evaluate(best_ema.module if best_ema is not None else best_model, test_loader, device)["eval_top1"]
     input_size = (info.in_chans, *info.image_size)
     summary = {
         "model": cfg.model, "data": info.name,
