@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import measure
-from ..bench import Candidate, module_candidate, time_candidates
+from ..bench import Candidate, module_candidate, summarize, time_sections
 from ..checkpoint import load_model
 from ..errors import NondeepError
 from ..models import create_model
@@ -229,10 +229,14 @@ def checkpoint_candidate(path: str | Path, label: str) -> Candidate:
 
 
 def time_side_by_side(candidates: Sequence[Candidate], threads: int | None = None,
-                      repeats: int = 50) -> dict[str, dict[str, Any]]:
-    """Batch-1 latency of each candidate, timed in interleaved rounds; {candidate.model: bench row}."""
-    rows = time_candidates(candidates, batch_size=1, repeats=repeats, warmup=5, threads=threads)
-    return {row["model"]: row for row in rows}
+                      repeats: int = 50) -> dict[str, measure.Latency]:
+    """Batch-1 latency of each candidate, timed in interleaved rounds; {candidate.model: Latency}. No roof is
+    measured (a lab reports latency, not a fraction of the device's peak rate)."""
+    threads = threads or torch.get_num_threads()
+    fns = {c.model: (lambda c=c, x=torch.randn(1, *c.input_size): c.fn(x)) for c in candidates}
+    with torch.inference_mode():
+        times, _ = time_sections({"labs": (threads, fns)}, repeats, warmup=5, device=torch.device("cpu"))
+    return {name: summarize(t, batch_size=1) for name, t in times.items()}
 
 
 def latency_by_model(per_seed: Sequence[dict[str, Any]], threads: int | None = None) -> dict[str, float]:
@@ -242,7 +246,7 @@ def latency_by_model(per_seed: Sequence[dict[str, Any]], threads: int | None = N
     for row in per_seed:
         first.setdefault(row["model"], row["checkpoint"])
     timed = time_side_by_side([checkpoint_candidate(path, label) for label, path in first.items()], threads=threads)
-    return {label: timed[label]["infer_step_time"] for label in first}
+    return {label: timed[label].median_ms for label in first}
 
 
 def cost_of(match: str, input_size: Sequence[int]) -> Callable[[nn.Module], int]:

@@ -81,7 +81,7 @@ def run_ensemble_lab(out: str | Path | None = None, members: int = 3, base: str 
     latency = time_side_by_side([checkpoint_candidate(first_parnet["checkpoint"], parnet.label),
                                  module_candidate(load_ensemble(first_members), label, "fused", INPUT_SIZE)],
                                 threads=budget.threads)
-    rows = aggregate(per_seed, {k: v["infer_step_time"] for k, v in latency.items()}, extra_columns=["kind"])
+    rows = aggregate(per_seed, {k: v.median_ms for k, v in latency.items()}, extra_columns=["kind"])
     report = lab_report(NAME, budget, [*command, "--members", str(members), "--base", base,
                         "--match", match, *budget.flags()], started, per_seed, rows,
                         [(label, parnet.label)], matched=match, match_target=total)

@@ -86,7 +86,7 @@ def run_pareto_lab(results_dir: str | Path, out: str | Path | None = None, data:
     keys = [f"{r['budget']} | {r['model']}" for r in rows]
     latency = time_side_by_side([checkpoint_candidate(r["checkpoint"], k) for r, k in zip(rows, keys)], threads=threads)
     for row, key in zip(rows, keys):
-        row["latency_ms"] = latency[key]["infer_step_time"]
+        row["latency_ms"] = latency[key].median_ms
     for budget in {r["budget"] for r in rows}:
         group = [r for r in rows if r["budget"] == budget]
         three = pareto_front(group, [("test_accuracy", 1), ("depth", -1), ("latency_ms", -1)])
