@@ -34,6 +34,7 @@ from ..runlock import RunLock, check_folder_is_ours
 from .config import TrainConfig
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at
+from .running import REFRESH_SECONDS, RunningSums, Totals
 from .preflight import (build_model, check_out_path, check_resume_fits, fit_batches, fitted_config,
                         model_kwargs_for)
 
@@ -196,6 +197,16 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                 "run_meta": run_meta or {},
                 "saved_at": dt.datetime.now().isoformat(timespec="seconds")}
 
+    def check_finite(totals: Totals, epoch: int) -> None:
+        """Stop (on_nan stop) at the first non-finite loss, naming its step: read before any checkpoint is
+        written, so none holds weights it updated."""
+        bad = totals.first_nonfinite_step
+        if bad is not None:
+            raise TrainingDiverged(
+                f"loss is NaN or infinite at step {bad} (epoch {epoch + 1}, lr "
+                f"{lr_at(bad, total_steps, steps_per_epoch, cfg):.4g}); last good checkpoint: "
+                f"{last_path if last_path.exists() else 'none'}; lower --lr, add --grad-clip, or pass --on-nan skip")
+
     def save(path: Path, epoch: int, batch_in_epoch: int, epoch_partial: dict[str, float]) -> None:
         if is_main:
             save_checkpoint(path, model, meta_for_checkpoint(epoch, batch_in_epoch, epoch_partial), optimizer, ema,
@@ -216,6 +227,8 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
             epoch_start = time.perf_counter() - partial["seconds"]
             bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (cfg.progress and is_main), leave=False, dynamic_ncols=True)
+            running = RunningSums(device, partial["loss_sum"], partial["correct"], partial["seen"])
+            next_read = time.monotonic() + REFRESH_SECONDS
             for batch_in_epoch, (x, y, *indices) in enumerate(train_loader, start=start_batch):
                 lr = lr_at(step, total_steps, steps_per_epoch, cfg)
                 for group in optimizer.param_groups:
@@ -225,12 +238,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                     logits = train_model(x)
                     loss = (loss_fn(logits.float(), y, indices[0] if indices else None, x) if loss_fn else
                             F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing))
-                if not torch.isfinite(loss):
-                    if cfg.on_nan == "stop":
-                        raise TrainingDiverged(
-                            f"loss is {loss.item()} at step {step} (epoch {epoch + 1}, lr {lr:.4g}); last good "
-                            f"checkpoint: {last_path if last_path.exists() else 'none'}; lower --lr, add "
-                            f"--grad-clip, or pass --on-nan skip")
+                if cfg.on_nan == "skip" and not torch.isfinite(loss):  # skip decides each step: one sync a step
                     nan_steps += 1
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
@@ -242,19 +250,22 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                 optimizer.step()
                 if ema is not None:
                     ema.update_parameters(model)
+                running.add(loss, logits, y, step)
                 step += 1
-                partial["loss_sum"] += loss.item() * y.numel()
-                partial["correct"] += (logits.argmax(1) == y).sum().item()
-                partial["seen"] += y.numel()
-                elapsed = time.perf_counter() - epoch_start
                 bar.update(1)
-                bar.set_postfix(loss=f"{partial['loss_sum'] / partial['seen']:.3f}",
-                                acc=f"{100 * partial['correct'] / partial['seen']:.1f}",
-                                img_s=f"{partial['seen'] * world_size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.3g}")
                 due = ((cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or
                        (cfg.checkpoint_every_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes))
+                if not (due or stop.signal or time.monotonic() >= next_read):
+                    continue
+                # the device's sums, read at most every REFRESH_SECONDS and before a checkpoint (one sync)
+                totals = running.read()
+                check_finite(totals, epoch)
+                next_read = time.monotonic() + REFRESH_SECONDS
+                elapsed = time.perf_counter() - epoch_start
+                bar.set_postfix(loss=f"{totals.loss_sum / totals.seen:.3f}", acc=f"{100 * totals.correct / totals.seen:.1f}",
+                                img_s=f"{totals.seen * world_size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.3g}")
                 if (due or stop.signal) and batch_in_epoch + 1 < steps_per_epoch:
-                    save(last_path, epoch, batch_in_epoch + 1, dict(partial, seconds=elapsed))
+                    save(last_path, epoch, batch_in_epoch + 1, totals.partial(elapsed))
                     last_save = time.monotonic()
                 if stop.signal:
                     stopped_by = signal.Signals(stop.signal).name
@@ -263,6 +274,9 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
             if stopped_by and batch_in_epoch + 1 < steps_per_epoch:
                 break
             start_batch = 0
+            totals = running.read()
+            check_finite(totals, epoch)
+            partial = totals.partial(0.0)
             epoch_seconds = time.perf_counter() - epoch_start
             eval_model = ema.module if ema is not None else model
             metrics = evaluate(eval_model, eval_loader, device, cfg.channels_last) if is_main else {}

@@ -1,0 +1,57 @@
+"""An epoch's running training loss and accuracy, summed on the device with no host sync a step.
+
+Reading a CUDA tensor from the host (`.item()`, `if tensor:`) waits for every queued kernel: one such read a
+step keeps the GPU idle while Python prepares the next step. So the loop adds each step's loss, correct count
+and finiteness to device tensors and reads them back (one sync) only for the progress bar at most every
+REFRESH_SECONDS, before a checkpoint, and at the epoch's end.
+
+The NaN guard stays exact although it is read late: the sums keep the first step whose loss was not finite,
+so the error names that step, and the loop reads the flag before every checkpoint so that no checkpoint holds
+weights updated by a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+REFRESH_SECONDS = 0.5  # the progress bar's figures are at most this old
+
+
+@dataclass
+class Totals:
+    """What the device sums hold, read on the host."""
+    loss_sum: float
+    correct: float
+    seen: int
+    first_nonfinite_step: int | None  # the first step whose loss was NaN or infinite, if any
+
+    def partial(self, seconds: float) -> dict[str, float]:
+        """The partial epoch a checkpoint records (what RunningSums starts from on resume)."""
+        return {"loss_sum": self.loss_sum, "correct": int(self.correct), "seen": self.seen, "seconds": seconds}
+
+
+class RunningSums:
+    """Per-epoch sums on `device`, started from a checkpoint's partial epoch (loss_sum, correct, seen)."""
+
+    def __init__(self, device: torch.device, loss_sum: float = 0.0, correct: float = 0.0, seen: int = 0) -> None:
+        # [loss x images, correct predictions, first non-finite step (inf: none)]; float64 holds counts exactly
+        self._sums = torch.tensor([loss_sum, correct, math.inf], dtype=torch.float64, device=device)
+        self.seen = int(seen)  # batch sizes are known on the host: no need to ask the device
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        """Queue this step's contribution (device ops only)."""
+        loss = loss.detach().double()
+        n = labels.numel()
+        nonfinite_at = torch.where(torch.isfinite(loss), math.inf, float(step))
+        correct = (logits.detach().argmax(1) == labels).sum().double()
+        self._sums[:2] += torch.stack([loss * n, correct])
+        self._sums[2:] = torch.minimum(self._sums[2:], nonfinite_at.view(1))
+        self.seen += n
+
+    def read(self) -> Totals:
+        """The sums on the host: one device sync."""
+        loss_sum, correct, bad = self._sums.tolist()
+        return Totals(loss_sum, correct, self.seen, None if math.isinf(bad) else int(bad))
