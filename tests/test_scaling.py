@@ -2,6 +2,7 @@
 the meta device, nothing trained); the lab runs end to end on tiny data with 2 seeds and writes intervals and
 verdicts; bad options are refused before anything is written."""
 
+import importlib
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from nondeep.experiments.scaling import (DEPTH, depth12_stream_counts, parse_joi
                                          run_scaling_lab)
 from nondeep.models import create_model
 from nondeep.stats import welch
+from nondeep.train import evaluate_checkpoint
 
 from test_labs import check_written
 
@@ -38,7 +40,7 @@ def test_grown_models_hit_their_flop_levels_and_every_parnet_measures_depth_12()
         assert cost_of("flops", (1, side, side))(model) == p.flops
         assert abs(p.flops - p.level * base_flops) <= MATCH_TOLERANCE * p.level * base_flops
     at_1x = {p.label for p in trained if p.level == 1 and p.axis != "depth"}
-    assert at_1x == {"base"}  # the ParNet axes share the base at 1x
+    assert at_1x == {"parnet_tiny"}  # the ParNet axes share the base at 1x
     by_axis = {(p.axis, p.level): p for p in plan}
     assert by_axis[("width", 2.0)].point.image_size == 28 and by_axis[("width", 2.0)].point.width_multiplier > 1
     assert by_axis[("resolution", 2.0)].point.width_multiplier == 1.0 and by_axis[("resolution", 2.0)].point.image_size == 40
@@ -61,7 +63,7 @@ def test_joint_shares_are_normalised_and_width_must_take_part():
             parse_joint(bad)
 
 
-def test_scaling_lab_end_to_end_with_two_seeds(tiny_fashion, tmp_path):
+def test_scaling_lab_end_to_end_with_two_seeds(tiny_fashion, tmp_path, monkeypatch):
     """At 2x: the resolution model trains on 40x40 images and is compared with the WRN grown by depth; the
     streams axis cannot reach 2x at depth 12, so it is listed and not trained (4 runs in all, to stay fast)."""
     budget = Budget(epochs=1, max_train_samples=64, seeds=2, data_dir=str(tiny_fashion), progress=False)
@@ -75,6 +77,12 @@ def test_scaling_lab_end_to_end_with_two_seeds(tiny_fashion, tmp_path):
         cost_of("flops", (1, 40, 40))(meta_model("parnet_tiny")) / 1e6, 2))
     summary = json.loads((folder / "resolution_40px" / "seed0" / "summary.json").read_text())
     assert summary["config"]["image_size"] == 40
+    asked = {}  # `nondeep evaluate` reads the test split at the size the checkpoint was trained at
+    evaluate_module = importlib.import_module("nondeep.train.evaluate")  # the module (the package exports a function)
+    real_build_loaders = evaluate_module.build_loaders
+    monkeypatch.setattr(evaluate_module, "build_loaders", lambda *a, **k: asked.update(k) or real_build_loaders(*a, **k))
+    evaluated = evaluate_checkpoint(summary["checkpoint"], data_dir=str(tiny_fashion))
+    assert asked["image_size"] == 40 and evaluated["eval_top1"] == pytest.approx(summary["test_accuracy"])
     assert [(c["a"], c["b"]) for c in report["comparisons"]] == [("resolution 40px", "WRN-16-1.85")]
     accs = {m: [r["test_accuracy"] for r in report["runs"] if r["model"] == m] for m in models}
     expected = welch(accs["resolution 40px"], accs["WRN-16-1.85"], "resolution 40px", "WRN-16-1.85")

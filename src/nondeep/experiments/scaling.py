@@ -132,6 +132,7 @@ class Planned:
     wrn_depth: int | None = None
     reason: str | None = None
     same_as: str | None = None  # the label of an earlier axis' identical model (trained once)
+    base: str = "parnet_tiny"
 
     @property
     def label(self) -> str | None:
@@ -143,7 +144,7 @@ class Planned:
             return None
         p = self.point
         if p == Point():
-            return "base"
+            return self.base
         return {"width": f"width x{p.width_multiplier:g}", "resolution": f"resolution {p.image_size}px",
                 "streams": f"{p.num_streams} streams"}.get(
             self.axis, f"joint x{p.width_multiplier:g} {p.image_size}px {p.num_streams}st")
@@ -166,20 +167,20 @@ def plan_parnet(base: str, axis: str, level: float, joint: tuple[float, float, f
     base_flops = parnet_flops(base, Point())
     target = round(level * base_flops)
     if level == 1.0:
-        return Planned(axis, level, base_flops, Point())
+        return Planned(axis, level, base_flops, Point(), base=base)
     if axis == "streams":
         counts = depth12_stream_counts(base, BASE_SIDE)
         point, flops = _closest(base, axis, target, Point(), counts)
         if abs(flops - target) > MATCH_TOLERANCE * target:
-            return Planned(axis, level, flops, point, reason=(
+            return Planned(axis, level, flops, point, base=base, reason=(
                 f"no stream count of {base} that measures depth {DEPTH} at {BASE_SIDE}x{BASE_SIDE} (those: "
                 f"{counts}) comes within {MATCH_TOLERANCE:.0%} of {level:g}x; the closest, {point.num_streams} "
                 f"streams, is {flops / base_flops:.2f}x"))
-        return Planned(axis, level, flops, point)
+        return Planned(axis, level, flops, point, base=base)
     if axis == "width":
         point, flops = _closest(base, axis, target, Point(), MULTIPLIER_GRID)
     elif axis == "resolution":
-        point, flops = _closest(base, axis, target, Point(), _sides(base, 3, level))
+        point, flops = _closest(base, axis, target, Point(), _sides(base, Point().num_streams, level))
     else:  # joint: streams take the depth-12 count closest to their share; what is left of the growth splits
         # between resolution and width in their proportion, and width, searched last, lands the level
         share_width, share_res, share_streams = joint
@@ -192,7 +193,7 @@ def plan_parnet(base: str, axis: str, level: float, joint: tuple[float, float, f
                             _sides(base, streams, level))
         point, flops = _closest(base, "width", target, start, MULTIPLIER_GRID)
     check_matched(f"{base} grown by {axis} to {level:g}x", flops, target, "flops")
-    return Planned(axis, level, flops, point)
+    return Planned(axis, level, flops, point, base=base)
 
 
 def plan_deep(level: float, base_flops: int, widen_factor: float) -> Planned:
@@ -254,7 +255,7 @@ def runs_of(base: str, plan: Sequence[Planned]) -> list[Run]:
     for p in plan:
         if p.label is None or p.label in runs:
             continue
-        columns = {"axis": "base" if p.label == "base" else p.axis, "level": p.level,
+        columns = {"axis": "base" if p.point == Point() else p.axis, "level": p.level,
                    "flops_ratio": round(p.flops / base_flops, 3)}
         if p.wrn_depth is not None:
             runs[p.label] = Run(p.label, "wide_resnet", {"depth": p.wrn_depth, "widen_factor": p.widen_factor},
