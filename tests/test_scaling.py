@@ -43,7 +43,8 @@ def test_grown_models_hit_their_flop_levels_and_every_parnet_measures_depth_12()
     assert at_1x == {"parnet_tiny"}  # the ParNet axes share the base at 1x
     by_axis = {(p.axis, p.level): p for p in plan}
     assert by_axis[("width", 2.0)].point.image_size == 28 and by_axis[("width", 2.0)].point.width_multiplier > 1
-    assert by_axis[("resolution", 2.0)].point.width_multiplier == 1.0 and by_axis[("resolution", 2.0)].point.image_size == 40
+    resolution_2x = by_axis[("resolution", 2.0)].point
+    assert resolution_2x.width_multiplier == 1.0 and resolution_2x.image_size == 40
     deep = [p for p in plan if p.axis == "depth"]
     assert deep[0].widen_factor == deep[1].widen_factor and deep[1].wrn_depth > deep[0].wrn_depth  # depth alone grows
     # each added stream adds a fusion to every path (1: 8, 2: 11, 3: 12, 4: 13 at 32x32), so only 3 is depth 12
@@ -80,7 +81,8 @@ def test_scaling_lab_end_to_end_with_two_seeds(tiny_fashion, tmp_path, monkeypat
     asked = {}  # `nondeep evaluate` reads the test split at the size the checkpoint was trained at
     evaluate_module = importlib.import_module("nondeep.train.evaluate")  # the module (the package exports a function)
     real_build_loaders = evaluate_module.build_loaders
-    monkeypatch.setattr(evaluate_module, "build_loaders", lambda *a, **k: asked.update(k) or real_build_loaders(*a, **k))
+    monkeypatch.setattr(evaluate_module, "build_loaders",
+                        lambda *a, **k: asked.update(k) or real_build_loaders(*a, **k))
     evaluated = evaluate_checkpoint(summary["checkpoint"], data_dir=str(tiny_fashion))
     assert asked["image_size"] == 40 and evaluated["eval_top1"] == pytest.approx(summary["test_accuracy"])
     assert [(c["a"], c["b"]) for c in report["comparisons"]] == [("resolution 40px", "WRN-16-1.85")]
@@ -121,4 +123,5 @@ def test_the_readme_row_of_the_scaling_lab_leads_with_the_most_accurate_axis_per
     assert main(["lab", "summary", str(tmp_path)]) == 0
     row = capsys.readouterr().out.strip().splitlines()[2]
     assert row.startswith("| [scaling](docs/results/scaling.md)")
-    assert f"most accurate at 2x: resolution 40px ({versus['verdict']}); resolution 40px vs WRN-16-1.85: computed" in row
+    leader = f"most accurate at 2x: resolution 40px ({versus['verdict']})"
+    assert f"{leader}; resolution 40px vs WRN-16-1.85: computed" in row
