@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nondeep.data import Augment, DataInfo, TensorLoader, build_loaders, load_arrays
+from nondeep.data import Augment, DataInfo, TensorLoader, build_loaders, build_test_loader, load_arrays, resize_images
 from nondeep.data import cifar, fashion_mnist
 from nondeep.data.idx import read_idx
 from nondeep.errors import DatasetError, NondeepError
@@ -376,6 +376,38 @@ def test_build_loaders_sizes(tmp_path):
     assert info.num_train == 24 and len(train) == 3 and info.num_eval == 30
     with pytest.raises(NondeepError, match="val_split"):
         build_loaders("fashion-mnist", data_dir=str(tmp_path), val_split=1.0)
+
+
+def test_image_size_none_or_own_leaves_the_set_bit_identical(tmp_path):
+    fake_fashion_mnist(tmp_path, n_train=20, n_test=10)
+    own, labels, _ = load_arrays("fashion-mnist", "train", tmp_path)
+    for size in (None, 28):
+        same, same_labels, _ = load_arrays("fashion-mnist", "train", tmp_path, image_size=size)
+        assert torch.equal(same, own) and torch.equal(same_labels, labels)
+
+
+def test_image_size_resizes_every_split_of_an_in_memory_set(tmp_path):
+    """Train, validation and test all come at the asked size, with the labels in the same order; a constant
+    image stays that constant (bilinear interpolation of a flat field) and an upsampled image keeps its mean
+    brightness (to within a level: no shift, no gain)."""
+    fake_fashion_mnist(tmp_path, n_train=40, n_test=10)
+    train, evaluate, info = build_loaders("fashion-mnist", data_dir=str(tmp_path), batch_size=8, val_split=0.25,
+                                          image_size=56, augment=Augment.off())
+    assert info.image_size == (56, 56) and info.in_chans == 1 and (info.num_train, info.num_eval) == (30, 10)
+    assert train.images.shape == (30, 1, 56, 56) and train.images.dtype == torch.uint8
+    assert evaluate.images.shape == (10, 1, 56, 56)
+    test = build_test_loader("fashion-mnist", data_dir=str(tmp_path), image_size=info.image_size[0])
+    assert test.images.shape == (10, 1, 56, 56)
+    _, plain, _ = build_loaders("fashion-mnist", data_dir=str(tmp_path), batch_size=8, val_split=0.25)
+    assert torch.equal(evaluate.labels, plain.labels)  # the same held-out images, in the same order
+    x, _ = next(iter(train))
+    assert x.shape == (8, 1, 56, 56)
+
+    flat = torch.full((2, 3, 28, 28), 77, dtype=torch.uint8)
+    assert torch.equal(resize_images(flat, 40), torch.full((2, 3, 40, 40), 77, dtype=torch.uint8))
+    original = load_arrays("fashion-mnist", "test", tmp_path)[0].float()
+    upsampled = resize_images(original.to(torch.uint8), 56).float()
+    assert torch.allclose(upsampled.mean(dim=(1, 2, 3)), original.mean(dim=(1, 2, 3)), atol=1.0)  # no shift or gain
 
 
 @pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")

@@ -92,10 +92,11 @@ def test_model_kwargs_that_do_not_fit_are_refused_before_the_run_folder(tiny_fas
     assert_refused(argv, message, watch=[tiny_fashion], absent=[new])
 
 
-def test_image_options_on_a_small_dataset_are_refused(tiny_fashion, tmp_path):
+def test_a_channel_count_on_a_small_dataset_is_refused(tiny_fashion, tmp_path):
+    """(--image-size resizes an in-memory set: tests/test_data.py; a channel count of its own is refused.)"""
     new = tmp_path / "new"
-    argv = ["train", "--data-dir", tiny_fashion, "--out", new, *TINY, "--image-size", "64"]
-    assert_refused(argv, r"fashion-mnist is 1-channel 28x28.*ImageFolder trees", watch=[tiny_fashion], absent=[new])
+    argv = ["train", "--data-dir", tiny_fashion, "--out", new, *TINY, "--in-chans", "3"]
+    assert_refused(argv, r"fashion-mnist is 1-channel.*ImageFolder trees", watch=[tiny_fashion], absent=[new])
 
 
 @pytest.mark.parametrize("flag, value, message", [("--in-chans", "2", "in_chans must be 1"),

@@ -59,9 +59,10 @@ def plot_scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: str | P
 
 def plot_fronts(points: Sequence[dict[str, Any]], x: str, y: str, yerr: str, group: str, front: str,
                 path: str | Path, annotate: str | None = None, title: str = "", xlabel: str | None = None,
-                ylabel: str | None = None) -> None:
-    """Per `group` (a colour each): its points with vertical error bars, the ones flagged by `front` joined (a
-    Pareto front: lower x, higher y); every point labelled with `annotate` (e.g. depth)."""
+                ylabel: str | None = None, legend_title: str = "budget (front joined)", logx: bool = False) -> None:
+    """Per `group` (a colour each): its points with vertical error bars, the ones flagged by `front` joined in
+    x order (a Pareto front: lower x, higher y; or, every point flagged, a curve); every point labelled with
+    `annotate` (e.g. depth)."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for i, name in enumerate(sorted({p[group] for p in points})):
         colour = f"C{i}"
@@ -72,9 +73,11 @@ def plot_fronts(points: Sequence[dict[str, Any]], x: str, y: str, yerr: str, gro
         ax.plot([p[x] for p in on], [p[y] for p in on], "o-", color=colour, label=name)
         for p in members if annotate else []:
             ax.annotate(f"[{p[annotate]}]", (p[x], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if logx:
+        ax.set_xscale("log")
     ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7, title="budget (front joined)")
+    ax.legend(loc="lower right", fontsize=7, title=legend_title)
     save_figure(fig, path)
 
 

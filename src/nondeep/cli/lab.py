@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-LABS: list[str] = ["mimic", "width_depth", "streams", "ensemble", "blocks", "pareto", "summary"]
+LABS: list[str] = ["mimic", "width_depth", "streams", "ensemble", "blocks", "scaling", "pareto", "summary"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -21,7 +21,8 @@ _SHORT_HELP = {
     "out": "run folder: checkpoints, metrics.csv, summary.json (default runs/<date>-<model>-<data>)",
     "max_train_samples": "train on the first N images only (smoke runs)",
     "model_kwargs": "JSON object of extra model arguments, e.g. '{\"width_multiplier\": 2}'",
-    "image_size": "ImageFolder trees: the side images are trained at (default: the images' own)",
+    "image_size": "the side images are trained at; an in-memory set (Fashion-MNIST, CIFAR) is resized once on load "
+                  "(default: the images' own)",
     "in_chans": "ImageFolder trees: 1 (grey) or 3 (colour) (default: as the images are)",
     "batch_size": "images a step; lowered (with the lr) when a step would not fit in memory",
 }

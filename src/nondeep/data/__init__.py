@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import DatasetError
 from . import cifar, fashion_mnist
@@ -29,8 +30,8 @@ _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "
 _DEFAULT_AUGMENT = {"fashion-mnist": Augment(crop_padding=2, flip=True), "cifar10": Augment(crop_padding=4),
                     "cifar100": Augment(crop_padding=4), "folder": Augment()}
 
-__all__ = ["DataInfo", "build_loaders", "build_test_loader", "load_arrays", "default_augment", "resolve_data", "Augment",
-           "TensorLoader", "DatasetError", "SMALL"]
+__all__ = ["DataInfo", "build_loaders", "build_test_loader", "load_arrays", "resize_images", "default_augment",
+           "resolve_data", "Augment", "TensorLoader", "DatasetError", "SMALL"]
 
 
 @dataclass
@@ -72,17 +73,35 @@ def _stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return cifar.MEAN[name], cifar.STD[name]
 
 
-def load_arrays(data: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """A small dataset's split ("train" or "test") as uint8 (N, C, H, W) images, int64 labels, class names."""
+def load_arrays(data: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = True,
+                image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A small dataset's split ("train" or "test") as uint8 (N, C, H, W) images, int64 labels, class names;
+    with `image_size`, the images resized to image_size x image_size (None: their own size, untouched)."""
     name, _ = resolve_data(data, data_dir)
     if name == "fashion-mnist":
         images, labels = fashion_mnist.load_fashion_mnist(split, data_dir, download)
-        return images, labels, list(fashion_mnist.CLASSES)
-    if name in cifar.SPECS:
-        return cifar.load_cifar(name, split, data_dir)
-    raise DatasetError(f"load_arrays serves the in-memory datasets ({', '.join(SMALL)}), not the image tree "
-                       f"{data}; use build_loaders for it")
+        classes = list(fashion_mnist.CLASSES)
+    elif name in cifar.SPECS:
+        images, labels, classes = cifar.load_cifar(name, split, data_dir)
+    else:
+        raise DatasetError(f"load_arrays serves the in-memory datasets ({', '.join(SMALL)}), not the image tree "
+                           f"{data}; use build_loaders for it")
+    return resize_images(images, image_size), labels, classes
+
+
+def resize_images(images: torch.Tensor, image_size: int | None, chunk: int = 4096) -> torch.Tensor:
+    """uint8 (N, C, H, W) images resized to image_size x image_size once, on load (bilinear, antialiased when
+    shrinking, rounded back to uint8), so that training, validation and test all see the same size; the
+    augmentation's padding stays in pixels. None or the images' own size: the same tensor, untouched."""
+    if image_size is None or tuple(images.shape[2:]) == (image_size, image_size):
+        return images
+    out = torch.empty((images.shape[0], images.shape[1], image_size, image_size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):  # in chunks: the float copy of a whole set is 4x its bytes
+        part = images[start:start + chunk].float()
+        resized = F.interpolate(part, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                                antialias=True)
+        out[start:start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 256,
@@ -98,8 +117,9 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
     split when val_split > 0: a fixed held-out fraction of train (the same images for every seed), which the
     train loader then leaves out; with val_split 0 it is the test split (an ImageFolder's val/). It is
     neither shuffled nor sharded. `build_test_loader` gives the test split itself. max_train_samples keeps
-    the first N training images. image_size, in_chans (None: the tree's own) and num_workers apply to
-    ImageFolder trees only (a small dataset refuses a size or channel count other than its own); download
+    the first N training images. image_size (None: the images' own) is the side every split is read at: an
+    in-memory set is resized once on load (resize_images). in_chans (None: the tree's own) and num_workers
+    apply to ImageFolder trees only (a small dataset refuses a channel count other than its own); download
     to Fashion-MNIST only.
     with_indices: the train loader also yields each sample's index in the (kept) training set.
     fit_batches(num_classes, in_chans, (height, width)), when given, returns the (train, eval) batch sizes to
@@ -127,20 +147,19 @@ def build_loaders(data: str, *, data_dir: str | None = None, batch_size: int = 2
                         len(train.dataset), len(evaluate.dataset), path=str(path.resolve()))
         return train, evaluate, info
 
-    images, labels, classes = load_arrays(name, "train", data_dir, download)
+    images, labels, classes = load_arrays(name, "train", data_dir, download, image_size)
     if val_split > 0:
         keep, held = holdout_split(len(labels), val_split)
         check_holdout(len(labels), len(keep), len(held), val_split, batch_size)
         eval_images, eval_labels = images[held], labels[held]
         images, labels = images[keep], labels[keep]
     else:
-        eval_images, eval_labels, _ = load_arrays(name, "test", data_dir, download)
+        eval_images, eval_labels, _ = load_arrays(name, "test", data_dir, download, image_size)
     if max_train_samples is not None:
         images, labels = images[:max_train_samples], labels[:max_train_samples]
-    own = (images.shape[1], images.shape[2])
-    if (in_chans or own[0], image_size or own[1]) != own:
-        raise DatasetError(f"{name} is {own[0]}-channel {own[1]}x{own[1]}; a size or channel count of its own "
-                           f"(--image-size, --in-chans) is for ImageFolder trees: drop those options")
+    if (in_chans or images.shape[1]) != images.shape[1]:
+        raise DatasetError(f"{name} is {images.shape[1]}-channel; a channel count of its own (--in-chans) is for "
+                           "ImageFolder trees: drop that option")
     if fit_batches is not None:
         batch_size, eval_batch_size = fit_batches(len(classes), images.shape[1], tuple(images.shape[2:]))
     mean, std = _stats(name)
@@ -167,16 +186,16 @@ def check_holdout(n: int, n_train: int, n_val: int, val_split: float, batch_size
 
 
 def build_test_loader(data: str, *, data_dir: str | None = None, batch_size: int = 1024,
-                      device: str | torch.device = "cpu", download: bool = True, image_size: int = 224,
+                      device: str | torch.device = "cpu", download: bool = True, image_size: int | None = None,
                       in_chans: int = 3, num_workers: int = 2) -> Iterable | None:
-    """The test split of `data`, touched once at the end of a run: the in-memory datasets' test set, or an
-    ImageFolder tree's val/ folder read at image_size and in_chans (None for a tree without one: it has no
-    test split)."""
+    """The test split of `data`, touched once at the end of a run: the in-memory datasets' test set (resized
+    to image_size when given), or an ImageFolder tree's val/ folder read at image_size (default 224) and
+    in_chans (None for a tree without one: it has no test split)."""
     name, path = resolve_data(data, data_dir)
     device = torch.device(device)
     if path is not None:
-        return build_folder_test_loader(path, batch_size=batch_size, device=device, image_size=image_size,
+        return build_folder_test_loader(path, batch_size=batch_size, device=device, image_size=image_size or 224,
                                         in_chans=in_chans, num_workers=num_workers)
-    images, labels, _ = load_arrays(name, "test", data_dir, download)
+    images, labels, _ = load_arrays(name, "test", data_dir, download, image_size)
     mean, std = _stats(name)
     return TensorLoader(images, labels, batch_size, mean, std, device=device)

@@ -153,12 +153,14 @@ def finished(summary: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class Run:
     """One model of a lab: `label` names it in the table, `columns` adds the lab's own columns to its row;
-    it is trained once per seed of the budget, with seed + seed_offset (ensemble members differ by it)."""
+    it is trained once per seed of the budget, with seed + seed_offset (ensemble members differ by it), and
+    with `recipe`, training options of this run alone (e.g. the image_size of the scaling lab's resolutions)."""
     label: str
     model: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, Any] = field(default_factory=dict)
     seed_offset: int = 0
+    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(folder: Path, label: str, seed: int) -> Path:
@@ -174,7 +176,7 @@ def train_run(folder: Path, run: Run, budget: Budget, seed: int, **recipe: Any) 
         "model": run.model, "model_kwargs": run.model_kwargs, "out": str(out), "data": budget.data,
         "data_dir": budget.data_dir, "epochs": budget.epochs, "max_train_samples": budget.max_train_samples,
         "val_split": budget.val_split, "seed": seed + run.seed_offset, "threads": budget.threads,
-        "device": budget.device, "progress": budget.progress, **recipe})
+        "device": budget.device, "progress": budget.progress, **recipe, **run.recipe})
     summary_path = out / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
@@ -193,7 +195,8 @@ def train_run(folder: Path, run: Run, budget: Budget, seed: int, **recipe: Any) 
 
 # what makes two runs the same experiment (not where they write, how they show progress or how many threads)
 _RECIPE_KEYS = {"model", "model_kwargs", "data", "epochs", "max_train_samples", "val_split", "seed", "batch_size",
-                "lr", "optimizer", "schedule", "label_smoothing", "crop_padding", "flip", "cutout", "ema_decay"}
+                "lr", "optimizer", "schedule", "label_smoothing", "crop_padding", "flip", "cutout", "ema_decay",
+                "image_size"}
 
 
 def run_all(folder: Path, runs: Sequence[Run], budget: Budget, **recipe: Any) -> list[dict[str, Any]]:
@@ -258,11 +261,11 @@ def cost_of(match: str, input_size: Sequence[int]) -> Callable[[nn.Module], int]
     raise LabError(f"--match must be params or flops, got {match!r}")
 
 
-def match_budget(build: Callable[[float], nn.Module], target: int, grid: Sequence[float],
-                 cost: Callable[[nn.Module], int] = measure.count_params) -> tuple[float, int]:
+def match_budget(build: Callable[[float], Any], target: int, grid: Sequence[float],
+                 cost: Callable[[Any], int] = measure.count_params) -> tuple[float, int]:
     """The value in the ascending `grid` whose model's cost is closest to `target`: (value, cost). The cost grows
     with the value in steps (channel widths are rounded): bisect to the step that crosses the target, then
-    compare the few values around it."""
+    compare the few values around it. `build` makes what `cost` reads: a model, or a model's description."""
     if not grid:
         raise ValueError("match_budget needs a non-empty grid")
     costs: dict[int, int] = {}

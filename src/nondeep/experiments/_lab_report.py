@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..plots import plot_errorbars, plot_curves
 from ..report import format_table, write_json, write_text
@@ -82,10 +82,11 @@ def budget_note(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def publish(report: dict[str, Any], folder: Path, results: str | None, title: str, columns: Sequence[str],
-            notes: str, plot: dict[str, Any]) -> None:
+            notes: str, plot: dict[str, Any] | Callable[[dict[str, Any], Path], None]) -> None:
     """Write <name>.json (the whole report), <name>.md (command, budget, machine, date, the table, the verdicts,
-    `notes`), <name>.png (`plot` arguments for plot_errorbars) and <name>-curves.png into the lab's folder and
-    `results`; print the table, the verdicts and where it went."""
+    `notes`), <name>.png (`plot`: arguments for plot_errorbars, or a function drawing the report into the path
+    it is given) and <name>-curves.png into the lab's folder and `results`; print the table, the verdicts and
+    where it went."""
     meta, name, rows = report["meta"], report["meta"]["lab"], report["rows"]
     verdicts = [c["verdict"] for c in report.get("comparisons", [])]
     matched = (f"- matched on: {meta['matched']} (target {meta['match_target']:,}); parameters, FLOPs, measured "
@@ -102,7 +103,10 @@ def publish(report: dict[str, Any], folder: Path, results: str | None, title: st
     for target in [folder, *([Path(results)] if results else [])]:
         write_json(target / f"{name}.json", report)
         write_text(target / f"{name}.md", markdown)
-        plot_errorbars(rows, yerr="ci95", path=target / f"{name}.png", **plot)
+        if callable(plot):
+            plot(report, target / f"{name}.png")
+        else:
+            plot_errorbars(rows, yerr="ci95", path=target / f"{name}.png", **plot)
         plot_curves(_curves(report["runs"]), target / f"{name}-curves.png",
                     title=f"{title}: validation accuracy per epoch (mean ± std over seeds)")
     print(table)

@@ -1,6 +1,7 @@
 """`nondeep lab summary DIR`: README's lab table, generated from the lab reports (<lab>.json) in a results folder:
 per lab its command, budget, machine and date, each model's mean test accuracy with its 95% interval, and the
-verdicts the lab computed. Only reports written with seeds (a `comparisons` list) are read."""
+verdicts the lab computed (first, where a lab ranks its models per compute level, the most accurate of each).
+Only reports written with seeds (a `comparisons` list) are read."""
 
 from __future__ import annotations
 
@@ -33,11 +34,18 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
         meta = report["meta"]
         results = "; ".join(f"{r['model']} {r['test_accuracy']:.2f}" + (f" ± {r['ci95']:.2f}" if r.get("ci95") else "")
                             + (f" ({r['latency_ms']:.2f} ms)" if r.get("latency_ms") else "") for r in report["rows"])
-        verdicts = "; ".join(c["verdict"] for c in report["comparisons"])
+        verdicts = "; ".join([*(_leader(e) for e in report.get("leaders", [])),  # labs that rank models per level
+                              *(c["verdict"] for c in report["comparisons"])])
         matched = f", matched on {meta['matched']}" if meta.get("matched") else ""
         lines.append(f"| [{meta['lab']}](docs/results/{meta['lab']}.md) | {meta['budget_text']}{matched} | {results} | "
                      f"{verdicts} | `{meta['command']}`; {describe_machine(meta['machine'])}; {meta['date'][:10]} |")
     return "\n".join(lines)
+
+
+def _leader(entry: dict[str, Any]) -> str:
+    versus = entry.get("versus_runner_up")
+    return (f"most accurate at {entry['level']:g}x: {entry['best']}"
+            + (f" ({versus['verdict']})" if versus else ""))
 
 
 def cmd_summary(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ class TrainConfig:
     model: str = "parnet_tiny"
     data: str = "fashion-mnist"
     data_dir: str | None = None
-    image_size: int | None = None          # ImageFolder trees: side to train at; None = the images' own
+    image_size: int | None = None          # side to train at (in-memory sets resized on load); None = own
     in_chans: int | None = None            # ImageFolder trees: 1 (grey) or 3; None = as the images are
     out: str | None = None                 # run folder; default runs/<date>-<model>-<data>
     model_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -48,8 +48,8 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, data_dir: str
         data, data_dir = _recorded_data(trained, data_dir)
     if resolve_data(data, data_dir)[0] == "folder":
         size = dict(image_size=int(trained["image_size"][0]), in_chans=int(trained["in_chans"]))
-    else:
-        size = {}
+    else:  # an in-memory set is resized to the side the model was trained at (the lab scaling's resolutions)
+        size = dict(image_size=int(trained["image_size"][0])) if trained.get("image_size") else {}
     if batch_size is None:
         image = (int(trained.get("in_chans", getattr(model, "in_chans", 3))),
                  *map(int, trained.get("image_size", (224, 224))))
