@@ -2,7 +2,9 @@
 every file that was there before keeps its bytes (sha256) with nothing new written. Also: one run a folder
 (the lock), Ctrl-C, the metadata checksum, and ImageFolder trees of small images end to end."""
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -18,6 +20,7 @@ import torch
 import nondeep as nondeep_package
 
 from nondeep.checkpoint import CheckpointError, read_checkpoint, read_safetensors, save_checkpoint
+from nondeep.cli import main
 from nondeep.errors import NondeepError
 from nondeep.models import create_model
 
@@ -28,9 +31,22 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
     [str(Path(nondeep_package.__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
-def nondeep(*argv, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "nondeep.cli", *map(str, argv)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=ENV)
+def nondeep(*argv, cwd=None):
+    """The CLI run in this process, as `python -m nondeep.cli argv` runs it: exit code, stdout, stderr. (A new
+    interpreter a call would cost seconds of imports; the tests that need a process of their own, for signals,
+    locks or peak memory, start one.)"""
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        os.chdir(cwd or here)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as exit_:  # argparse's own refusals
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def snapshot(*roots):
