@@ -11,7 +11,7 @@ import pytest
 from nondeep.cli import main
 from nondeep.experiments import executor
 from nondeep.experiments._lab import Budget, LabError, Run, RunsFailed, run_all
-from nondeep.experiments.executor import ExecutorError, Failure, Plan, execute, plan_for
+from nondeep.experiments.executor import ExecutorError, Failure, Plan, StopLab, execute, plan_for
 
 RUNS = [Run("snn", "mimic_snn_1k"), Run("parnet", "parnet_tiny", {"width_multiplier": 0.5})]
 SAME = ("model", "seed", "test_accuracy", "best_test_accuracy", "fused_test_accuracy", "val_accuracy", "steps",
@@ -38,7 +38,7 @@ def test_the_plan_follows_the_flags(monkeypatch):
     assert plan_for(Budget(workers=4)) == Plan("local", 4, ("cpu",) * 4, 2)  # each run its share of the cores
     assert plan_for(Budget(workers=2, threads=3)).threads == 3
     monkeypatch.setattr(executor.torch.cuda, "device_count", lambda: 3)
-    assert plan_for(Budget(device="cuda")).devices == ("cuda:0", "cuda:1", "cuda:2")  # one run per GPU
+    assert plan_for(Budget(device="cuda")) == Plan("local", 3, ("cuda:0", "cuda:1", "cuda:2"), 2)  # one run per GPU
     assert plan_for(Budget(device="cuda", workers=4)).devices == ("cuda:0", "cuda:1", "cuda:2", "cuda:0")
     assert plan_for(Budget(device="cuda:1")).devices == ("cuda:1",)
     assert plan_for(Budget(executor="ray", threads=2)) == Plan("ray", None, (), 2, None)
@@ -85,6 +85,20 @@ def test_a_lost_worker_is_retried_once_and_errors_are_not(tmp_path):
     assert isinstance(out[1], Failure) and out[1].error == "ValueError: boom" and not out[1].user_error
     assert out[2] == "ok"
     assert not (tmp_path / "lab").exists()  # the probe of the folder left nothing behind
+
+
+def test_a_stopped_run_stops_the_lab(tmp_path):
+    started = []
+
+    def job(budget, what):
+        started.append(what)
+        if what == "stop":  # as train_run does for a run stopped by SIGINT/SIGTERM
+            raise StopLab("stopped by SIGINT")
+        return what
+
+    with pytest.raises(StopLab):
+        execute(job, [("a", ("stop",)), ("b", ("ok",))], Budget(workers=1, progress=False), tmp_path / "lab")
+    assert started == ["stop"]  # nothing more was started
 
 
 def lab_cli(data, out, *flags):

@@ -28,7 +28,7 @@ from ..models import create_model
 from ..reparam import reparameterize_model
 from ..report import format_table, write_json
 from ..train import config_from_dict, train
-from .executor import CPU_WORKERS, EXECUTORS, Failure, execute, plan_for
+from .executor import CPU_WORKERS, EXECUTORS, Failure, StopLab, execute, plan_for
 
 MATCH_TOLERANCE = 0.20  # widths come in steps of 8 channels; a model further than this from its target is refused
 QUICK = {"epochs": 1, "max_train_samples": 1000}  # the smoke budget (--quick)
@@ -37,6 +37,10 @@ GPU_BUDGET = {"epochs": 30, "max_train_samples": None}  # where a GPU makes conv
 
 class LabError(NondeepError):
     """Lab options that cannot be run (no seeds, a budget that cannot be matched, a folder of another lab)."""
+
+
+class RunStopped(LabError, StopLab):
+    """A run stopped by SIGINT/SIGTERM (checkpointed): the lab stops too."""
 
 
 @dataclass
@@ -199,7 +203,7 @@ def train_run(folder: Path, run: Run, budget: Budget, seed: int, **recipe: Any) 
             return summary
     summary = train(cfg, resume=(out / "last.safetensors").exists())
     if summary.get("stopped_by"):
-        raise NondeepError(f"{run.label} (seed {seed}) was stopped by {summary['stopped_by']}; start the lab again "
+        raise RunStopped(f"{run.label} (seed {seed}) was stopped by {summary['stopped_by']}; start the lab again "
                            f"with the same --out to go on from its checkpoint in {out}")
     return summary
 

@@ -47,6 +47,10 @@ class ExecutorError(NondeepError):
     """An executor that cannot run the lab: Ray missing or unreachable, a folder the workers cannot write."""
 
 
+class StopLab(NondeepError):
+    """Raised by a job to stop the whole lab, not just itself (a run stopped by SIGINT/SIGTERM)."""
+
+
 @dataclass
 class Failure:
     """A job that raised: its name, the error's one-line message, whether it was bad input (a NondeepError)
@@ -92,10 +96,14 @@ def plan_for(budget: "Budget") -> Plan:
         ids = ([budget.device] if ":" in budget.device else
                [f"cuda:{i}" for i in range(max(1, torch.cuda.device_count()))])
         workers = budget.workers or len(ids)
-        return Plan("local", workers, tuple(ids[i % len(ids)] for i in range(workers)), budget.threads)
+        return Plan("local", workers, tuple(ids[i % len(ids)] for i in range(workers)), _threads(budget, workers))
     workers = budget.workers or CPU_WORKERS
-    threads = budget.threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
-    return Plan("local", workers, ("cpu",) * workers, threads)
+    return Plan("local", workers, ("cpu",) * workers, _threads(budget, workers))
+
+
+def _threads(budget: "Budget", workers: int) -> int | None:
+    """--threads, or each concurrent run's share of the cores (one run alone: torch's choice)."""
+    return budget.threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
 
 
 # a job: (name, args); the task is called as task(budget, *args) with the worker's budget
@@ -178,6 +186,8 @@ def _run_here(plan: Plan, task: Callable[..., Any], jobs: Sequence[Job], budget:
     for index, (name, args) in enumerate(jobs):
         try:
             done(index, task(worker_budget, *args))
+        except StopLab:
+            raise
         except Exception as err:  # noqa: BLE001 - a failed run is reported, the others go on
             done(index, _failure(name, err))
 
@@ -213,26 +223,33 @@ def _run_in_processes(plan: Plan, task: Callable[..., Any], jobs: Sequence[Job],
                 try:
                     pool.submit(probe_folder, folder).result()
                 except BrokenProcessPool as err:
-                    raise ExecutorError(f"the local workers could not start ({err}); try --workers 1") from err
+                    raise ExecutorError(f"the local workers could not start ({err}); a script that starts a lab "
+                                        "needs `if __name__ == '__main__':`, or use --workers 1") from err
                 first = False
             futures: dict[Future, int] = {}
             for index in pending:
                 attempts[index] += 1
                 futures[pool.submit(_call_with_device, task, budget, plan, jobs[index][1])] = index
-            while futures:
-                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    index = futures.pop(future)
-                    try:
-                        done(index, future.result())
-                    except BrokenProcessPool as err:
-                        if attempts[index] <= RETRIES:
-                            tqdm.write(f"{jobs[index][0]}: its worker was lost ({err}); retrying")
-                            lost.append(index)
-                        else:
+            try:
+                while futures:
+                    finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        index = futures.pop(future)
+                        try:
+                            done(index, future.result())
+                        except BrokenProcessPool as err:
+                            if attempts[index] <= RETRIES:
+                                tqdm.write(f"{jobs[index][0]}: its worker was lost ({err}); retrying")
+                                lost.append(index)
+                            else:
+                                done(index, _failure(jobs[index][0], err, attempts[index]))
+                        except StopLab:
+                            raise
+                        except Exception as err:  # noqa: BLE001
                             done(index, _failure(jobs[index][0], err, attempts[index]))
-                    except Exception as err:  # noqa: BLE001
-                        done(index, _failure(jobs[index][0], err, attempts[index]))
+            except BaseException:  # Ctrl-C, a stopped run: start nothing more (running runs checkpoint and stop)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         pending = sorted(lost)
 
 
@@ -300,6 +317,8 @@ def _run_on_ray(plan: Plan, task: Callable[..., Any], jobs: Sequence[Job], budge
             try:
                 done(index, ray.get(ready[0]))
             except RayTaskError as err:
+                if isinstance(err.cause, StopLab):
+                    raise err.cause from None
                 done(index, _failure(jobs[index][0], err.cause or err))
             except (WorkerCrashedError, NodeDiedError) as err:  # Ray already retried it RETRIES times
                 done(index, _failure(jobs[index][0], err, 1 + RETRIES))
