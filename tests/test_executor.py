@@ -10,7 +10,7 @@ import pytest
 
 from nondeep.cli import main
 from nondeep.experiments import executor
-from nondeep.experiments._lab import Budget, LabError, Run, RunsFailed, run_all
+from nondeep.experiments._lab import Budget, LabError, Run, RunsFailed, lab_meta, run_all
 from nondeep.experiments.executor import ExecutorError, Failure, Plan, StopLab, execute, plan_for
 
 RUNS = [Run("snn", "mimic_snn_1k"), Run("parnet", "parnet_tiny", {"width_multiplier": 0.5})]
@@ -44,6 +44,9 @@ def test_the_plan_follows_the_flags(monkeypatch):
     assert plan_for(Budget(executor="ray", threads=2)) == Plan("ray", None, (), 2, None)
     with pytest.raises(ExecutorError, match="--workers must be at least 1"):
         plan_for(Budget(workers=0))
+    meta = lab_meta("blocks", Budget(workers=2, threads=1), ["nondeep"], 0.0)["execution"]  # in every report
+    assert meta == {"executor": "local", "workers": 2, "devices": ("cpu", "cpu"), "threads": 1, "address": None}
+    assert Plan(**meta).text() == "local, 2 workers on cpu (1 thread(s) each)"
 
 
 def test_two_worker_processes_give_the_rows_of_one(tiny_fashion, tmp_path, sequential):

@@ -101,7 +101,8 @@ def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_
         p.add_argument("--match", choices=list(match), default=match[0],
                        help="what the compared models are matched on (default: %(default)s); the report gives "
                             "both parameters and FLOPs")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads of each run (default: torch's choice; with "
+                   "--workers N, the cores / N)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual places)")
     p.add_argument("--out", help=f"output folder (default runs/lab-{name}-<date>); a lab started again with the "
