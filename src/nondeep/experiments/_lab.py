@@ -26,7 +26,9 @@ from ..checkpoint import load_model
 from ..errors import NondeepError
 from ..models import create_model
 from ..reparam import reparameterize_model
+from ..report import format_table, write_json
 from ..train import config_from_dict, train
+from .executor import CPU_WORKERS, EXECUTORS, Failure, StopLab, execute, plan_for
 
 MATCH_TOLERANCE = 0.20  # widths come in steps of 8 channels; a model further than this from its target is refused
 QUICK = {"epochs": 1, "max_train_samples": 1000}  # the smoke budget (--quick)
@@ -35,6 +37,10 @@ GPU_BUDGET = {"epochs": 30, "max_train_samples": None}  # where a GPU makes conv
 
 class LabError(NondeepError):
     """Lab options that cannot be run (no seeds, a budget that cannot be matched, a folder of another lab)."""
+
+
+class RunStopped(LabError, StopLab):
+    """A run stopped by SIGINT/SIGTERM (checkpointed): the lab stops too."""
 
 
 @dataclass
@@ -51,6 +57,9 @@ class Budget:
     threads: int | None = None
     device: str = "auto"
     progress: bool = True
+    executor: str = "local"             # where the runs train (executor.py); the results do not depend on it
+    workers: int | None = None          # local: runs at once (default: one per GPU, or the cores at --threads each)
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -92,13 +101,22 @@ def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_
         p.add_argument("--match", choices=list(match), default=match[0],
                        help="what the compared models are matched on (default: %(default)s); the report gives "
                             "both parameters and FLOPs")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads of each run (default: torch's choice; with "
+                   "--workers N, the cores / N)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual places)")
     p.add_argument("--out", help=f"output folder (default runs/lab-{name}-<date>); a lab started again with the "
                    "same --out reuses the runs it finished")
     p.add_argument("--results", help=f"also copy {name}.json/.md/.png here (e.g. docs/results)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: concurrent runs on this machine; ray: each run a Ray task (pip install "
+                        "'nondeep[ray]'); see docs/executors.md (default: %(default)s)")
+    p.add_argument("--workers", type=int, help=f"local: runs at once, each in its own process (default: one per GPU, "
+                   f"{CPU_WORKERS} on CPUs; each CPU run gets --threads or its share of the cores); 1: one after "
+                   "another in this process")
+    p.add_argument("--ray-address", help="the Ray cluster to submit to, e.g. 10.0.0.5:6379 (default: a Ray "
+                   "instance started for the lab on 127.0.0.1); --out must be storage its nodes share")
     p.set_defaults(lab_defaults={"epochs": epochs, "max_train_samples": max_train_samples})
 
 
@@ -113,7 +131,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     images = args.max_train_samples if args.max_train_samples is not None else default["max_train_samples"]
     return Budget(epochs=epochs, max_train_samples=images or None, seeds=args.seeds, seed=args.seed,
                   val_split=args.val_split, data_dir=args.data_dir, threads=args.threads, device=args.device,
-                  progress=args.progress)
+                  progress=args.progress, executor=args.executor, workers=args.workers, ray_address=args.ray_address)
 
 
 def lab_folder(out: str | Path | None, name: str) -> Path:
@@ -188,7 +206,7 @@ def train_run(folder: Path, run: Run, budget: Budget, seed: int, **recipe: Any) 
             return summary
     summary = train(cfg, resume=(out / "last.safetensors").exists())
     if summary.get("stopped_by"):
-        raise NondeepError(f"{run.label} (seed {seed}) was stopped by {summary['stopped_by']}; start the lab again "
+        raise RunStopped(f"{run.label} (seed {seed}) was stopped by {summary['stopped_by']}; start the lab again "
                            f"with the same --out to go on from its checkpoint in {out}")
     return summary
 
@@ -199,23 +217,52 @@ _RECIPE_KEYS = {"model", "model_kwargs", "data", "epochs", "max_train_samples", 
                 "image_size"}
 
 
+class RunsFailed(LabError):
+    """Runs of a lab that raised; the finished ones are kept, and the lab started again runs just these."""
+
+
 def run_all(folder: Path, runs: Sequence[Run], budget: Budget, **recipe: Any) -> list[dict[str, Any]]:
-    """Every run for every seed: one row per (run, seed) with the run's label, seed, accuracies, cost and
-    validation curve (val_curve: eval_top1 per epoch)."""
-    rows = []
-    for run in runs:
-        for seed in budget.seed_list:
-            summary = train_run(folder, run, budget, seed, **recipe)
-            history = _history(Path(summary["out"]))
-            rows.append({"model": run.label, **run.columns, "seed": seed + run.seed_offset,
-                         "test_accuracy": summary["test_accuracy"], "best_test_accuracy": summary["best_test_accuracy"],
-                         "fused_test_accuracy": summary["fused_test_accuracy"], "val_accuracy": summary["val_accuracy"],
-                         "best_epoch": summary["best_epoch"], "depth": summary["depth"], "params": summary["params"],
-                         "fused_params": summary["fused_params"], "mflops": round(summary["flops"] / 1e6, 2),
-                         "steps": summary["steps"], "train_images": summary["train_images"],
-                         "train_seconds": round(summary["train_seconds"], 1), "checkpoint": summary["checkpoint"],
-                         "val_curve": [row["eval_top1"] for row in history]})
-    return rows
+    """Every run for every seed, on the budget's executor: one row per (run, seed), in that order, with the
+    run's label, seed, accuracies, cost and validation curve (val_curve: eval_top1 per epoch). Raises
+    RunsFailed (after the other runs finished) when any run failed."""
+    jobs = [(f"{run.label} seed {seed + run.seed_offset}", (folder, run, seed, recipe))
+            for run in runs for seed in budget.seed_list]
+    results = execute(run_row, jobs, budget, folder)
+    failures = [r for r in results if isinstance(r, Failure)]
+    if failures:
+        _refuse_failed(folder, failures, len(jobs))
+    (folder / "failed.json").unlink(missing_ok=True)  # from an earlier start of the lab
+    return results
+
+
+def run_row(budget: Budget, folder: Path, run: Run, seed: int, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Train (or reuse) one (run, seed) and return its row; what a worker of the executor runs."""
+    summary = train_run(folder, run, budget, seed, **recipe)
+    history = _history(Path(summary["out"]))
+    return {"model": run.label, **run.columns, "seed": seed + run.seed_offset,
+            "test_accuracy": summary["test_accuracy"], "best_test_accuracy": summary["best_test_accuracy"],
+            "fused_test_accuracy": summary["fused_test_accuracy"], "val_accuracy": summary["val_accuracy"],
+            "best_epoch": summary["best_epoch"], "depth": summary["depth"], "params": summary["params"],
+            "fused_params": summary["fused_params"], "mflops": round(summary["flops"] / 1e6, 2),
+            "steps": summary["steps"], "train_images": summary["train_images"],
+            "train_seconds": round(summary["train_seconds"], 1), "checkpoint": summary["checkpoint"],
+            "device": summary.get("device"), "val_curve": [row["eval_top1"] for row in history]}
+
+
+def _refuse_failed(folder: Path, failures: Sequence[Failure], total: int) -> None:
+    """The same bad input in every run is refused as it is; otherwise the failed runs are printed as a table,
+    written to failed.json in the lab folder, and named in one line."""
+    if len(failures) == total and all(f.user_error for f in failures) and len({f.error for f in failures}) == 1:
+        raise LabError(failures[0].error)
+    print(format_table([asdict(f) for f in failures], ["name", "attempts", "error"]))
+    where = ""
+    if folder.is_dir():
+        write_json(folder / "failed.json", {"failed": [asdict(f) for f in failures], "runs": total})
+        where = f" (listed in {folder / 'failed.json'})"
+    first = failures[0]
+    raise RunsFailed(f"{len(failures)} of {total} runs failed{where}, first {first.name}: {first.error}; the "
+                     f"finished runs are kept: fix the cause and start the lab again with the same --out to run "
+                     "just the missing ones")
 
 
 def _history(out: Path) -> list[dict[str, float]]:
@@ -305,6 +352,6 @@ def model_cost(name: str, match: str, input_size: Sequence[int], **kwargs: Any) 
 
 def lab_meta(name: str, budget: Budget, command: Sequence[str], started: float, **extra: Any) -> dict[str, Any]:
     return {"lab": name, "command": shlex.join(command), **asdict(budget), "seed_list": budget.seed_list,
-            "budget_text": budget.describe(), **extra,
+            "budget_text": budget.describe(), "execution": plan_for(budget).describe(), **extra,
             "machine": machine(), "date": dt.datetime.now().isoformat(timespec="seconds"),
             "total_seconds": time.perf_counter() - started}

@@ -13,6 +13,7 @@ from ..plots import plot_errorbars, plot_curves
 from ..report import format_table, write_json, write_text
 from ..stats import estimate, welch
 from ._lab import Budget, describe_machine, lab_meta
+from .executor import Plan
 
 ACCURACY = "test_accuracy"  # what a lab compares: the final model's test accuracy (nothing chosen on test)
 # per-model columns taken from the first seed's row (the same for every seed of a model)
@@ -94,7 +95,8 @@ def publish(report: dict[str, Any], folder: Path, results: str | None, title: st
     table = format_table(rows, list(columns))
     markdown = (f"# {title}\n\n- command: `{meta['command']}`\n- budget: {meta['budget_text']}\n{matched}"
                 f"- machine: {describe_machine(meta['machine'])}\n"
-                f"- date: {meta['date']}; the lab took {meta['total_seconds'] / 60:.1f} min\n\n"
+                + (f"- runs trained by: {Plan(**meta['execution']).text()}\n" if meta.get("execution") else "")
+                + f"- date: {meta['date']}; the lab took {meta['total_seconds'] / 60:.1f} min\n\n"
                 f"{table}\n\n{ACCURACY}: mean over the seeds of the final model's test accuracy (%); ci95: half "
                 "width of its 95% Student-t interval; chosen_on_val_test_accuracy: the same for the checkpoint "
                 "chosen on validation. The test split was read once per run, at its end.\n\n"
