@@ -57,6 +57,11 @@ def markdown(report: dict) -> str:
     else:
         verdict = (f"2 workers took {ratio}x the 1-worker time: the target (<= {target}x) is not met (load average "
                    f"{min(loads)}-{max(loads)} on {cores} cores).")
+    fastest = min(report["rows"], key=lambda row: row["median_seconds"])
+    verdict += (f" Fastest here: {fastest['configuration']} ({fastest['vs_1_worker_1_thread']}x); "
+                + ("so parallel runs are the way to use these cores." if fastest["workers"] > 1 else
+                   "on this machine the cores are better spent inside one run (torch's intra-op threads) than on "
+                   "runs side by side, which is why the CPU default is one worker."))
     return (header("Lab runs on the local executor", report["meta"]) +
             f"A 4-run lab ({', '.join(report['runs'])}; seeds 0, 1; 1 epoch on {report['max_train_samples']} images "
             f"of a cut of Fashion-MNIST: the first {report['train_images']} training, {report['test_images']} test "

@@ -66,10 +66,16 @@ def test_compiled_form_equals_the_fused_eager_model():
     assert runner.build_s > 0 and runner.channels_last
 
 
-def test_optimize_picks_the_fastest_correct_form_and_records_it():
+@pytest.fixture(scope="module")
+def cpu_roof():
+    """The CPU's roof, measured once for the optimize tests (each would measure it twice)."""
+    return measure_roof("cpu", ("float32",), threads=2, onnxruntime=True)
+
+
+def test_optimize_picks_the_fastest_correct_form_and_records_it(cpu_roof):
     model, fused = _fused_tiny()
     fast = optimize(model, torch.randn(1, 1, 28, 28), forms=["eager", "channels_last", "onnxruntime", "streams"],
-                    repeats=4, warmup=1, label="parnet_tiny")
+                    repeats=4, warmup=1, label="parnet_tiny", roof=cpu_roof)
     try:
         timed = [t for t in fast.timings if t["status"] in ("timed", "chosen")]
         # eager/channels_last/onnxruntime on 2 and 1 threads, streams once (it splits the threads).
@@ -86,12 +92,12 @@ def test_optimize_picks_the_fastest_correct_form_and_records_it():
         fast.close()
 
 
-def test_optimize_never_chooses_a_form_outside_the_tolerance(monkeypatch):
+def test_optimize_never_chooses_a_form_outside_the_tolerance(monkeypatch, cpu_roof):
     """With a zero float32 tolerance only bit-exact forms qualify: the eager form itself (error 0)."""
     monkeypatch.setitem(TOLERANCE, "float32", 0.0)
     model, _ = _fused_tiny()
     fast = optimize(model, torch.randn(1, 1, 28, 28), forms=["eager", "onnxruntime"], thread_counts=[2],
-                    repeats=2, warmup=0)
+                    repeats=2, warmup=0, roof=cpu_roof)
     statuses = {t["form"]: t["status"] for t in fast.timings}
     assert fast.form == "eager" and statuses["eager"] == "chosen"
     assert statuses["onnxruntime"].startswith("rejected: relative error")
@@ -207,9 +213,10 @@ def test_bench_rows_of_inference_forms_follow_the_schema(tmp_path):
     assert sections["fused"] == sections["unfused"] == "torch 2 threads"
 
 
-def test_fastest_candidate_for_latency_columns():
+def test_fastest_candidate_for_latency_columns(cpu_roof):
     model, _ = _fused_tiny()
-    c = fastest_candidate(model, "parnet_tiny", (1, 28, 28), forms=["eager", "onnxruntime"], repeats=2, warmup=0)
+    c = fastest_candidate(model, "parnet_tiny", (1, 28, 28), forms=["eager", "onnxruntime"], repeats=2, warmup=0,
+                          roof=cpu_roof)
     assert c.form in ("eager", "onnxruntime") and c.model == "parnet_tiny"
     assert c.form == next(t["form"] for t in c.extra["fastest_of"] if t["status"] == "chosen")
     assert math.isfinite(float(c.fn(torch.randn(1, 1, 28, 28)).sum()))

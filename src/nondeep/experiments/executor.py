@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from ._lab import Budget
 
 EXECUTORS = ("local", "ray")
-# runs at once on CPUs without --workers: on the shared 2-core machine 2 workers x 1 thread were no faster than
-# 1 worker (docs/results/executor.md, benchmarks/bench_executor.py); --workers N gives each run cores / N threads
+# runs at once on CPUs without --workers: on 2 idle cores a 4-run lab took 0.85x the time with 2 workers x 1
+# thread but 0.55x with 1 worker x 2 threads (docs/results/executor.md): the cores do more inside one run
 CPU_WORKERS = 1
 RETRIES = 1              # extra attempts for a job whose worker was lost
 

@@ -11,6 +11,7 @@ from .. import measure
 from ..errors import NondeepError
 from ..parallel import is_stream_parallel_capable
 from ..reparam import reparameterize_model
+from .roof import Roof
 from .forms import (CPU_FORMS, FORMS, GPU_FORMS, TOLERANCE, ModelVariants, Runner, build_runner, check_form,
                     precision_flags, relative_error, resolve_precision)
 
@@ -68,7 +69,8 @@ def available_forms(device: torch.device, model: nn.Module, compiled: bool = Tru
 def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.device | None = None,
              dtype: str | torch.dtype | Sequence[str] | None = None, forms: Sequence[str] | None = None,
              threads: int | None = None, thread_counts: Sequence[int] | None = None, repeats: int = 20,
-             warmup: int = 3, fuse: bool = True, label: str | None = None) -> OptimizedModel:
+             warmup: int = 3, fuse: bool = True, label: str | None = None,
+             roof: Roof | None = None) -> OptimizedModel:
     """The fastest form of `model` on `device` whose outputs match the fused eager float32 model's.
 
     model: trained or not; fused with nondeep.reparameterize_model (a copy) unless `fuse` is False.
@@ -81,6 +83,8 @@ def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.
         single-stream torch and ONNX Runtime forms (default {threads, 1}: on small inputs one thread wins);
         compiled forms are compiled for `threads` only, and the streams form splits `threads` across streams.
     repeats/warmup: timed calls per candidate (in the sections of nondeep.bench.time_candidates).
+    roof: the device's roof when the caller measured it already (one roof for many models); default measured
+        now, before and after the timing (nondeep.inference.roof.measure_roof).
 
     Every candidate's output on the example is compared with the reference; one whose relative error passes
     nondeep.inference.TOLERANCE for its precision is not chosen. Returns an OptimizedModel recording the choice
@@ -136,7 +140,7 @@ def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.
     name = label or type(model).__name__
     candidates = [runner_candidate(r, name, size, flops, params) for r in runners]
     inputs = [r.prepare(x) for r in runners]
-    rows = time_candidates(candidates, example.shape[0], repeats, warmup, threads, device, inputs=inputs)
+    rows = time_candidates(candidates, example.shape[0], repeats, warmup, threads, device, roof=roof, inputs=inputs)
     timed = [t for t in timings if "status" not in t]
     for entry, row in zip(timed, rows):
         entry.update(status="timed", median_ms=row["infer_step_time"], p10_ms=row["infer_step_time_p10"],

@@ -1,0 +1,125 @@
+"""Training throughput: nondeep's trainer in each of its speed options against itself and against a bare
+PyTorch loop on the same model, batch, data and augmentation, alternated round by round in one run so that
+machine noise hits every variant alike (issue 14).
+
+    .venv/bin/python benchmarks/bench_train_throughput.py --threads 2 --out docs/results
+
+Each trainer variant trains `--epochs` epochs of `--samples` images; its figure is the last epoch's own
+images/s (metrics.csv `train_images_per_sec`: steps, progress bar, metric accumulation, no evaluation), so a
+compiled variant's first epoch (compilation) is left out. "default" is the trainer with nothing switched on:
+the figure the others are measured against. The bare loop is the same step with nothing around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from _common import header, machine
+from nondeep.data import Augment, build_loaders
+from nondeep.models import create_model
+from nondeep.report import format_table, write_json, write_text
+from nondeep.train import TrainConfig, train
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": True},
+    "channels_last+compile": {"channels_last": True, "compile": True},
+}
+
+
+def bare_loop_images_per_sec(model_name: str, samples: int, batch_size: int, epochs: int, seed: int,
+                             device: torch.device) -> float:
+    """The last epoch's images/s of a plain SGD loop over the trainer's own loader and augmentation."""
+    torch.manual_seed(seed)
+    loader, _, info = build_loaders("fashion-mnist", batch_size=batch_size, max_train_samples=samples,
+                                    augment=Augment(crop_padding=2, flip=True), seed=seed, val_split=0.0,
+                                    device=device)
+    model = create_model(model_name, num_classes=info.num_classes, in_chans=info.in_chans).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    rate = 0.0
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        seen, start = 0, time.perf_counter()
+        for x, y in loader:
+            with autocast:
+                loss = F.cross_entropy(model(x).float(), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += y.numel()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rate = seen / (time.perf_counter() - start)
+    return rate
+
+
+def trainer_images_per_sec(model_name: str, samples: int, batch_size: int, epochs: int, seed: int, device: str,
+                           options: dict[str, Any]) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(model=model_name, epochs=epochs, batch_size=batch_size, max_train_samples=samples,
+                          seed=seed, out=str(Path(out) / "run"), progress=False, lr=0.05, val_split=0.0,
+                          device=device, **options)
+        train(cfg)
+        with open(Path(out) / "run" / "metrics.csv") as f:
+            return float(list(csv.DictReader(f))[-1]["train_images_per_sec"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="parnet_tiny")
+    parser.add_argument("--samples", type=int, default=4096, help="training images an epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs a run; the last one is measured")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", default="docs/results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rates: dict[str, list[float]] = {"bare loop": [], **{v: [] for v in args.variants}}
+    for r in range(args.rounds):
+        rates["bare loop"].append(bare_loop_images_per_sec(args.model, args.samples, args.batch_size, args.epochs,
+                                                           r, device))
+        for name in args.variants:
+            rates[name].append(trainer_images_per_sec(args.model, args.samples, args.batch_size, args.epochs, r,
+                                                      args.device, VARIANTS[name]))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()) + " img/s", flush=True)
+    default = statistics.median(rates["default"]) if "default" in rates else None
+    bare = statistics.median(rates["bare loop"])
+    rows = [{"variant": name, "images_per_sec": round(statistics.median(v), 1),
+             "min": round(min(v), 1), "max": round(max(v), 1),
+             "vs_default": round(statistics.median(v) / default, 3) if default else None,
+             "vs_bare_loop": round(statistics.median(v) / bare, 3)} for name, v in rates.items()]
+    meta = {**machine(), "device": str(device), "threads": args.threads, "model": args.model,
+            "batch_size": args.batch_size, "samples": args.samples, "epochs": args.epochs, "rounds": args.rounds,
+            "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    best = max((r for r in rows if r["variant"] != "bare loop"), key=lambda r: r["images_per_sec"])
+    verdict = (f"Fastest trainer variant: {best['variant']}, {best['vs_default']:.2f}x the default and "
+               f"{best['vs_bare_loop']:.2f}x the bare loop (targets: >= 1.3x the default, >= 0.95x the bare loop: "
+               f"{'met' if best['vs_default'] >= 1.3 and best['vs_bare_loop'] >= 0.95 else 'not met'}).")
+    write_json(Path(args.out) / "train_throughput.json", {"meta": meta, "rows": rows, "rates": rates,
+                                                          "verdict": verdict})
+    write_text(Path(args.out) / "train_throughput.md", header("Training throughput", meta) +
+               f"- device {device}{' (' + meta['gpu_name'] + ')' if meta['gpu_name'] else ''}, {args.threads} "
+               f"threads, {args.model}, batch {args.batch_size}, {args.samples} images an epoch, last of "
+               f"{args.epochs} epochs measured, median of {args.rounds} alternated rounds\n\n" +
+               format_table(rows) + f"\n\n{verdict}\n\n" + __doc__.split("\n\n", 2)[2])
+    print(format_table(rows))
+    print(verdict)
+
+
+if __name__ == "__main__":
+    main()
