@@ -8,7 +8,8 @@ import torch
 
 from conftest import randomize_bn
 from nondeep import create_model, reparameterize_model
-from nondeep.bench import FORMS, ROW_FIELDS, benchmark_model, check_row, speedup, summarize
+from nondeep.bench import FORMS, ROW_FIELDS, benchmark_model, check_row, speedup
+from nondeep.timing import summarize
 from nondeep.cli import main
 from nondeep.errors import NondeepError
 from nondeep.parallel import DeviceUnavailableError, NotStreamParallelError, StreamParallel

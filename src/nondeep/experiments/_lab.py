@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from .. import measure
-from ..bench import Candidate, module_candidate, summarize, time_sections
+from ..bench import Candidate, module_candidate
 from ..checkpoint import load_model
 from ..errors import NondeepError
 from ..models import create_model
 from ..reparam import reparameterize_model
+from ..timing import summarize, time_sections
 from ..report import format_table, write_json
 from ..train import config_from_dict, train
 from .executor import CPU_WORKERS, EXECUTORS, Failure, StopLab, execute, plan_for
