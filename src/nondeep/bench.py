@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -386,19 +385,6 @@ def speedup(rows: Sequence[dict[str, Any]], slow: str, fast: str, batch_size: in
     return a["infer_step_time"] / b["infer_step_time"] if a and b else None
 
 
-def machine_description() -> str:
-    """CPU model, core count, and the GPU if there is one."""
-    import platform
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} CPUs ({platform.system()} {platform.release()}){gpu}"
-
-
 __all__ = ["benchmark_model", "build_model", "resolve_device", "Candidate", "module_candidate",
-           "runner_candidate", "refresh_roof", "time_candidates", "check_row", "speedup", "machine_description", "FORMS", "ROW_FIELDS", "TABLE_COLUMNS",
+           "runner_candidate", "refresh_roof", "time_candidates", "check_row", "speedup", "FORMS", "ROW_FIELDS", "TABLE_COLUMNS",
            "DEFAULT_REPEATS", "DEFAULT_WARMUP"]
