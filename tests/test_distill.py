@@ -18,7 +18,6 @@ from nondeep.distill.teacher import logits_over_images
 from nondeep.models import create_model
 from nondeep.train import TrainConfig, train
 
-from conftest import make_fashion_like
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,35 +270,6 @@ def test_cli_distill(tiny_fashion, teacher, tmp_path, capsys):
     assert summary["distill"]["alpha"] == 0.5 and summary["distill"]["temperature"] == 2.0
     assert "teacher_test_accuracy" in summary and "teacher_agreement" in summary
     assert main(args) == 2 and "--resume" in capsys.readouterr().err  # the run folder exists: refused
-
-
-def test_lab_mimic_end_to_end(teacher, tmp_path, capsys):
-    # An even smaller data set (64 test images): the ParNet's evaluations dominate this test's time. The
-    # teacher fits it (same classes and preprocessing); the cache key holds the images' hashes.
-    data = make_fashion_like(tmp_path / "data", n_train=160, n_test=64, seed=1)  # 144 left after validation
-    out, results = tmp_path / "lab", tmp_path / "results"
-    args = ["lab", "mimic", "--teacher", teacher, "--students", "mimic_snn_1k", "--nondeep-students", "parnet_tiny",
-            "--model-kwargs", '{"parnet_tiny": {"width_multiplier": 0.25}}', "--epochs", "1",
-            "--transfer-copies", "0", "--no-flip", "--crop-padding", "0", "--max-train-samples", "128",
-            "--data-dir", str(data), "--out", str(out), "--results", str(results),
-            "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
-    report_targets = json.loads((results / "mimic.json").read_text())["targets"]
-    lines = printed.splitlines()
-    for t in report_targets:  # each target's line starts with MET or NOT MET, as its computed flag says
-        line = next(line for line in lines if t["target"] in line)
-        assert line.startswith("MET: " if t["met"] else "NOT MET: ")
-    assert "mimic_acc" in printed
-    for folder in (out, results):
-        for ext in ("json", "md", "png"):
-            assert (folder / f"mimic.{ext}").is_file(), (folder, ext)
-    report = json.loads((results / "mimic.json").read_text())
-    assert [r["model"] for r in report["rows"]] == ["mimic_snn_1k", "parnet_tiny"]
-    assert report["rows"][0]["label_acc"] is not None and report["rows"][1]["depth"] == 12
-    assert {"target", "value", "met"} <= set(report["targets"][0])
-    md = (results / "mimic.md").read_text()
-    assert "nondeep lab mimic --teacher" in md and "cores" in md and "Seed 0" in md
 
 
 def test_mimic_yaml_recipe_matches_the_lab():

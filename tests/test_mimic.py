@@ -89,3 +89,22 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="conv_channels"):
         ConvShallowMimicNet(conv_channels=0)
     assert isinstance(ShallowMimicNet(hidden=8, activation="tanh").act, nn.Tanh)
+
+
+def test_conv_layers_stack_conv_relu_pool_and_keep_the_one_layer_keys():
+    """The depth study's students: n conv + ReLU + 2x2 max-pool layers; n = 1 is mimic_cnn_8k, whose state-dict
+    keys (conv.0.*) the pinned reference outputs were made with."""
+    one = create_model("mimic_cnn_8k")
+    assert [k for k in one.state_dict() if k.startswith("conv.")] == ["conv.0.weight", "conv.0.bias"]
+    assert create_model("mimic_cnn_8k", conv_layers=2).bottleneck.in_features == 128 * 7 * 7
+    for n, side in ((2, 7), (3, 3)):
+        model = ConvShallowMimicNet(conv_layers=n, hidden=16)
+        convs = [m for m in model.conv if isinstance(m, nn.Conv2d)]
+        assert len(convs) == n and convs[0].in_channels == 1 and convs[-1].in_channels == 128
+        assert model.bottleneck.in_features == 128 * side * side
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+        assert measure.depth(model, (1, 28, 28)) == n + 3  # convs, bottleneck, hidden, classifier
+    with pytest.raises(ValueError, match="conv_layers"):
+        ConvShallowMimicNet(conv_layers=0)
+    with pytest.raises(ValueError, match="max-pools leave nothing"):
+        ShallowMimicNet(input_size=(1, 8, 8), conv_layers=4)

@@ -34,6 +34,8 @@ def test_verdict_follows_the_data():
     assert separated.decided and verdict(separated).startswith("parnet above wrn by 3.10 points")
     reversed_ = welch([90.0, 90.4, 89.8], [93.1, 93.5, 92.9], "parnet", "wrn")
     assert verdict(reversed_).startswith("wrn above parnet by 3.10 points")
+    # the interval is that of the stated difference (wrn - parnet), so both ends are positive
+    assert f"[{-reversed_.high:+.2f}, {-reversed_.low:+.2f}]" in verdict(reversed_) and -reversed_.high > 0
     overlapping = welch([93.1, 90.5, 92.0], [92.5, 91.0, 91.9], "parnet", "wrn")
     assert not overlapping.decided and "no detectable difference at this budget" in verdict(overlapping)
     single = welch([93.0], [92.0, 92.5], "parnet", "wrn")

@@ -94,8 +94,9 @@ def verdict(d: Difference, unit: str = "points", digits: int = 2) -> str:
     if d.low is None:
         return (f"{d.a} vs {d.b}: {d.diff:+.{digits}f} {unit} from one seed on a side; no interval, so no "
                 f"verdict (run more seeds)")
+    if d.decided:  # stated as the larger minus the smaller, with the interval of that difference
+        above, below, gap, low, high = ((d.a, d.b, d.diff, d.low, d.high) if d.diff > 0 else
+                                        (d.b, d.a, -d.diff, -d.high, -d.low))
+        return f"{above} above {below} by {gap:.{digits}f} {unit} (95% CI [{low:+.{digits}f}, {high:+.{digits}f}])"
     interval = f"95% CI [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
-    if d.decided:
-        above, below, gap = (d.a, d.b, d.diff) if d.diff > 0 else (d.b, d.a, -d.diff)
-        return f"{above} above {below} by {gap:.{digits}f} {unit} ({interval})"
     return f"{d.a} vs {d.b}: no detectable difference at this budget ({d.diff:+.{digits}f} {unit}, {interval})"

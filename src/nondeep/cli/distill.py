@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-online", action="store_true",
                    help="run the teacher on every augmented batch instead of caching its logits")
     p.add_argument("--transfer-copies", type=int, default=0, metavar="K",
-                   help="cached mode: add K fixed augmented copies of the training set (default: 0)")
+                   help="cached mode: K fixed augmented copies of the training set; each epoch shows every image "
+                   "once, as one of its K + 1 views (default: 0)")
     p.add_argument("--transfer-seed", type=int, default=0, help="seed of the transfer copies (default: 0)")
     p.add_argument("--cache-dir", metavar="D", help="teacher-logit cache folder, or one .safetensors file "
                    "(default: $XDG_CACHE_HOME/nondeep/teacher_logits, else ~/.cache/nondeep/teacher_logits)")

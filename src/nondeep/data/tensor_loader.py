@@ -84,12 +84,17 @@ class TensorLoader:
     images: uint8 (N, C, H, W); labels: (N,) integers. With world_size > 1 each rank takes its own equal,
     disjoint slice of every epoch's permutation. Call `set_epoch(epoch, start_batch)` before iterating;
     `len()` is the number of batches per epoch (on this rank).
+
+    views > 1: `images` holds that many views of N samples, view-major (sample i of view k at k * N + i, as
+    distillation's transfer set). An epoch then serves each of the N samples once, as one of its views drawn
+    at random (seeded by seed and epoch), so the steps per epoch do not grow with the views; the yielded
+    indices point into all V * N rows.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], shuffle: bool = False, augment: Augment | None = None,
                  drop_last: bool = False, device: str | torch.device = "cpu", seed: int = 0, rank: int = 0,
-                 world_size: int = 1, with_indices: bool = False) -> None:
+                 world_size: int = 1, with_indices: bool = False, views: int = 1) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
@@ -97,6 +102,8 @@ class TensorLoader:
         c = images.shape[1]
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean and std need {c} values (one per channel), got {mean} and {std}")
+        if views < 1 or images.shape[0] % views:
+            raise ValueError(f"{images.shape[0]} images cannot be {views} equal views of the same samples")
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size {batch_size} or rank {rank} of world_size {world_size}")
         self.device = torch.device(device)
@@ -105,6 +112,7 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.views, self.samples = views, images.shape[0] // views
         self.with_indices = with_indices  # also yield each sample's dataset index (cached teacher logits)
         # normalise straight from the 0..255 scale: (x - 255 mean) / (255 std)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255
@@ -114,7 +122,7 @@ class TensorLoader:
     @property
     def num_samples(self) -> int:
         """Samples this rank sees per epoch (before drop_last)."""
-        n = self.images.shape[0]
+        n = self.samples
         return n if self.world_size == 1 else shard_size(n, self.world_size)
 
     def __len__(self) -> int:
@@ -128,8 +136,13 @@ class TensorLoader:
         self.epoch, self._start_batch = epoch, start_batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = epoch_indices(self.images.shape[0], seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
-                              rank=self.rank, world_size=self.world_size).to(self.device)
+        order = epoch_indices(self.samples, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
+                              rank=self.rank, world_size=self.world_size)
+        if self.views > 1:  # every rank draws the same view for a sample: the draw depends on (seed, epoch) only
+            view = torch.randint(0, self.views, (self.samples,),
+                                 generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0x71E3)))
+            order = view[order] * self.samples + order
+        order = order.to(self.device)
         start, self._start_batch = self._start_batch, 0  # a resume offset applies to one pass only
         flat = self.images.view(self.images.shape[0], -1)  # index_select on 2-D is much faster than x[idx]
         for i in range(start, len(self)):

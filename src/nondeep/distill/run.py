@@ -75,7 +75,8 @@ def distill(cfg: TrainConfig, teachers: Sequence[str], loss: str = "mimic", alph
 
     loss: "mimic" (L2 on logits) or "kd" (Hinton, temperature T), mixed as alpha * distill + (1 - alpha) * CE.
     Cached mode (default): the student trains on the transfer set (originals + `transfer_copies` fixed
-    augmented copies, seeded by `transfer_seed`) with no further augmentation; the teacher's logits over it
+    augmented copies, seeded by `transfer_seed`) with no further augmentation, each epoch one pass over the
+    training images with each image as one of its views drawn at random; the teacher's logits over it
     come from `cache_dir` (default $XDG_CACHE_HOME/nondeep/teacher_logits) or are computed once and stored
     there (`use_cache=False`: neither read nor written). teacher_online: the teacher runs on every augmented
     batch instead. Returns train()'s summary plus teacher_test_accuracy and teacher_agreement.
@@ -146,7 +147,7 @@ def distill(cfg: TrainConfig, teachers: Sequence[str], loss: str = "mimic", alph
                                                           else eval_logits[:n_eval])
         targets = CachedTargets(train_logits)
         loaders = TransferData(images, labels, eval_loader.images, eval_loader.labels, info, cfg.batch_size,
-                               cfg.eval_batch_size, cfg.seed)
+                               cfg.eval_batch_size, cfg.seed, views=transfer_copies + 1)
         meta.update(cache="off" if path is None else ("hit" if cached is not None else "miss"),
                     cache_file=None if path is None else str(path), transfer_copies=transfer_copies,
                     transfer_seed=transfer_seed, transfer_set_size=int(images.shape[0]),

@@ -5,7 +5,9 @@ the logits of whichever augmented view came first, and every later epoch pairs a
 them. Here the cache is keyed by a fixed set of views instead: the K+1 copies of the training set (copy 0
 un-augmented, copies 1..K augmented once, deterministically from a seed, like Ba & Caruana's extra
 unlabelled inputs). The student's loader serves exactly those views with augmentation off, and the loss
-looks their logits up by index, so every (view, teacher logits) pair is exact, in every epoch.
+looks their logits up by index, so every (view, teacher logits) pair is exact, in every epoch. An epoch is
+one pass over the N training images, each seen as one of its K+1 views drawn at random: K buys variety of
+teacher targets, not more steps, so students taught with different K train for the same steps.
 """
 
 from __future__ import annotations
@@ -65,12 +67,14 @@ class TransferData:
     batch_size: int
     eval_batch_size: int
     seed: int
+    views: int = 1              # K + 1: the copies of the training set in `images`
 
     def __call__(self, device: torch.device, rank: int, world_size: int) -> tuple[TensorLoader, TensorLoader, DataInfo]:
-        per_rank = len(self.labels) // world_size  # as build_loaders: drop a ragged last batch unless it is the only one
+        samples = len(self.labels) // self.views
+        per_rank = samples // world_size  # as build_loaders: drop a ragged last batch unless it is the only one
         train = TensorLoader(self.images, self.labels, self.batch_size, self.info.mean, self.info.std, shuffle=True,
                              augment=Augment.off(), drop_last=per_rank >= self.batch_size, device=device,
-                             seed=self.seed, rank=rank, world_size=world_size, with_indices=True)
+                             seed=self.seed, rank=rank, world_size=world_size, with_indices=True, views=self.views)
         evaluate = TensorLoader(self.eval_images, self.eval_labels, self.eval_batch_size, self.info.mean,
                                 self.info.std, device=device)
-        return train, evaluate, dataclasses.replace(self.info, num_train=len(self.labels))
+        return train, evaluate, dataclasses.replace(self.info, num_train=samples)

@@ -23,6 +23,7 @@ from torch import nn
 from .. import measure
 from ..bench import Candidate, module_candidate
 from ..checkpoint import load_model
+from ..distill import distill
 from ..errors import NondeepError
 from ..models import create_model
 from ..reparam import reparameterize_model
@@ -173,13 +174,16 @@ def finished(summary: dict[str, Any]) -> dict[str, Any]:
 class Run:
     """One model of a lab: `label` names it in the table, `columns` adds the lab's own columns to its row;
     it is trained once per seed of the budget, with seed + seed_offset (ensemble members differ by it), and
-    with `recipe`, training options of this run alone (e.g. the image_size of the scaling lab's resolutions)."""
+    with `recipe`, training options of this run alone (e.g. the image_size of the scaling lab's resolutions).
+    `distill`: the run is a student, trained by `nondeep.distill.distill` with these arguments (teachers, loss,
+    alpha, transfer_copies, ...); alpha 0 is its label-trained twin on the same images."""
     label: str
     model: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, Any] = field(default_factory=dict)
     seed_offset: int = 0
     recipe: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] | None = None
 
 
 def run_dir(folder: Path, label: str, seed: int) -> Path:
@@ -200,16 +204,32 @@ def train_run(folder: Path, run: Run, budget: Budget, seed: int, **recipe: Any) 
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         same = {k: v for k, v in summary.get("config", {}).items() if k in _RECIPE_KEYS}
-        if same != {k: v for k, v in cfg.to_dict().items() if k in _RECIPE_KEYS}:
+        if (same != {k: v for k, v in cfg.to_dict().items() if k in _RECIPE_KEYS}
+                or _teaching(summary.get("distill")) != _teaching(run.distill)):
             raise LabError(f"{out} holds a finished run with another recipe: start the lab with another --out")
         if not summary.get("stopped_by"):
             print(f"reusing the finished run in {out}")
             return summary
-    summary = train(cfg, resume=(out / "last.safetensors").exists())
+    resume = (out / "last.safetensors").exists()
+    if run.distill is not None:
+        summary = distill(cfg, resume=resume, **run.distill)
+    else:
+        summary = train(cfg, resume=resume)
     if summary.get("stopped_by"):
         raise RunStopped(f"{run.label} (seed {seed}) was stopped by {summary['stopped_by']}; start the lab again "
                            f"with the same --out to go on from its checkpoint in {out}")
     return summary
+
+
+def _teaching(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What makes two student runs the same, from Run.distill (asked) or a summary's "distill" (done)."""
+    if options is None:
+        return None
+    teachers = [t["path"] if isinstance(t, dict) else str(t) for t in options["teachers"]]
+    online = options.get("mode") == "online" if "mode" in options else options.get("teacher_online", False)
+    return {"teachers": teachers, "loss": options.get("loss", "mimic"), "alpha": options.get("alpha", 1.0),
+            "temperature": options.get("temperature", 4.0), "online": online,
+            "transfer_copies": 0 if online else options.get("transfer_copies", 0)}
 
 
 # what makes two runs the same experiment (not where they write, how they show progress or how many threads)
@@ -247,7 +267,10 @@ def run_row(budget: Budget, folder: Path, run: Run, seed: int, recipe: dict[str,
             "fused_params": summary["fused_params"], "mflops": round(summary["flops"] / 1e6, 2),
             "steps": summary["steps"], "train_images": summary["train_images"],
             "train_seconds": round(summary["train_seconds"], 1), "checkpoint": summary["checkpoint"],
-            "device": summary.get("device"), "val_curve": [row["eval_top1"] for row in history]}
+            "device": summary.get("device"), "val_curve": [row["eval_top1"] for row in history],
+            **({"teacher_agreement": summary.get("teacher_agreement"),
+                "teacher_test_accuracy": summary.get("teacher_test_accuracy"),
+                "teacher_val_accuracy": summary.get("teacher_eval_accuracy")} if run.distill is not None else {})}
 
 
 def _refuse_failed(folder: Path, failures: Sequence[Failure], total: int) -> None:

@@ -1,220 +1,344 @@
-"""`nondeep lab mimic`: Ba & Caruana's experiment on Fashion-MNIST. A deep thin teacher is trained (or
-given); the shallow students are trained (a) on the labels and (b) on the teacher's logits (mimic L2),
-and a non-deep ParNet student by mimicry; the table, JSON and plot report how much of the teacher's lead
-each student closes, and whether the issue's targets are met.
+"""`nondeep lab mimic`: Ba & Caruana's claim ("a shallow net trained on a deep teacher's logits gets close
+to the teacher and beats the same net trained on the labels") tested on Fashion-MNIST.
 
-A controlled comparison: the label-trained twin is trained on the same transfer set (originals + K fixed
-augmented copies), with the same recipe, epochs and seed; only the targets differ (labels: `distill` with
-alpha = 0, the teacher's logits: alpha = 1).
+1. The teacher: an ensemble of deep nets (the mean of their logits), trained without label smoothing, or given.
+2. The transfer set: the training images plus K augmented copies (crop, flip, erasing); the teacher's logits
+   over every view are cached once. Each epoch shows every image once, as one of its K + 1 views, so K buys
+   variety of targets, not steps; --teacher-online runs the teacher on every augmented batch instead.
+3. Every student is trained on the same views in the same order by each objective: `labels` (cross-entropy,
+   the twin), `mimic` (L2 on logits) and `kd` (Hinton's KL at temperature T). The learning rate is chosen per
+   student and objective on the validation split, with the first seed; the other seeds use the chosen one.
+4. How shallow can the student be: conv students with --conv-layers conv layers before the shallow head.
+5. K: the first student's mimic objective at each --copies-sweep K, against the lab's K.
+
+The report gives each (student, objective) over the seeds with its 95% interval, each objective against the
+labels with a Welch interval and a verdict computed from it, the teacher's accuracy, and the issue's targets
+marked met or not from the data.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import shlex
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import measure
-from ..checkpoint import load_model
-from ..distill import distill
-from ..plots import plot_scatter
-from ..report import format_table, write_json, write_text
-from ..train import TrainConfig, config_from_dict, train
-from ._lab import describe_machine, finished, machine
+from ..report import format_table
+from ..stats import estimate
+from ..train import TrainConfig
+from ._lab import Budget, Run, add_common_args, budget_from_args, lab_folder, on_gpu, run_all
+from ._lab_report import aggregate, lab_report, publish
 
-# The shallow students' recipe; configs/mimic_snn.yaml holds the same (a test keeps them equal). AdamW with
-# a small lr: the 8000-unit layer fed by a linear bottleneck is unstable under the conv nets' SGD lr 0.2.
+NAME = "mimic"
+OBJECTIVES: dict[str, dict[str, Any]] = {"labels": {"loss": "mimic", "alpha": 0.0},  # the teacher unread
+                                         "mimic": {"loss": "mimic", "alpha": 1.0},
+                                         "kd": {"loss": "kd", "alpha": 1.0}}
+# The Ba & Caruana students' recipe: AdamW, as the 8000-unit layer fed by a linear bottleneck is unstable under
+# the conv nets' SGD lr 0.2; configs/mimic_snn.yaml holds the same (a test keeps them equal). Other students
+# (ParNet) keep nondeep's default recipe. The learning rate is searched per objective on validation.
 MIMIC_RECIPE: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-4, "schedule": "cosine",
                                 "warmup_epochs": 0.0, "label_smoothing": 0.0, "batch_size": 128}
-SHALLOW_STUDENTS = ("mimic_snn_8k", "mimic_cnn_8k")
-NONDEEP_STUDENTS = ("parnet_tiny",)
-TARGETS = {"mimic_gain_points": 1.0, "gap_closed": 0.5, "nondeep_within_points": 0.5}
+SHALLOW_LRS = (5e-4, 1e-3, 2e-3)
+DEFAULT_LR = TrainConfig.lr
+OTHER_LRS = (0.1, 0.2, 0.4)
+TEACHER_RECIPE: dict[str, Any] = {"label_smoothing": 0.0}  # smoothing compresses the logits a mimic regresses
+# (CPU, GPU) defaults: what 2 cores finish in about two hours, and the converged design a GPU makes cheap
+DEFAULTS = {"teacher_models": (["preact_resnet_20"] * 3, ["wrn_16_4"] * 5), "teacher_epochs": (5, 40),
+            "students": (["mimic_snn_8k"], ["mimic_snn_8k", "mimic_cnn_8k", "parnet_tiny"]),
+            "epochs": (8, 30), "transfer_copies": (4, 10), "copies_sweep": ([0], [0, 1]),
+            "conv_layers": ([], [2, 3])}
+TARGETS = {"teacher_accuracy": 94.5, "shallow_gain_points": 1.0}
+COLUMNS = ["model", "objective", "lr", "transfer_copies", "depth", "params", "mflops", "steps", "seeds",
+           "test_accuracy", "ci95", "gap_to_teacher", "teacher_agreement", "chosen_on_val_test_accuracy",
+           "converged"]
 
 
-def recipe_for(model: str) -> dict[str, Any]:
-    """The Ba & Caruana students get MIMIC_RECIPE; every other model nondeep's default (SGD one-cycle)."""
-    return dict(MIMIC_RECIPE) if model.startswith("mimic_") else {}
+def recipe_for(model: str, lr: float) -> dict[str, Any]:
+    """The Ba & Caruana students get MIMIC_RECIPE; every other model nondeep's default; both at `lr`."""
+    return {**(MIMIC_RECIPE if model.startswith("mimic_") else {}), "lr": lr}
 
 
-def _gap_closed(label: float | None, mimic: float, teacher: float) -> float | None:
-    if label is None or teacher - label <= 0:
-        return None  # no gap to close: the label-trained student already matches the teacher
-    return (mimic - label) / (teacher - label)
+@dataclasses.dataclass(frozen=True)
+class Student:
+    """One student architecture of the lab: a registered model and its keyword arguments under `label`, and
+    the objectives it is taught by."""
+    label: str
+    model: str
+    objectives: tuple[str, ...]
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        return SHALLOW_LRS if self.model.startswith("mimic_") else OTHER_LRS
 
 
-def run_mimic_lab(out: str | Path | None = None, teacher: str | None = None, teacher_model: str = "preact_resnet_20",
-                  teacher_epochs: int = 5, students: Sequence[str] = SHALLOW_STUDENTS, student_epochs: int = 2,
-                  nondeep_students: Sequence[str] = NONDEEP_STUDENTS, nondeep_epochs: int = 2,
-                  nondeep_label_baseline: bool = False, transfer_copies: int = 0, loss: str = "mimic",
-                  data: str = "fashion-mnist", data_dir: str | None = None, max_train_samples: int | None = None,
-                  seed: int = 0, crop_padding: int = 2, flip: bool = True, cache_dir: str | None = None,
-                  model_kwargs: dict[str, dict[str, Any]] | None = None, results: str | Path | None = None,
-                  command: str = "nondeep lab mimic", progress: bool = True,
-                  threads: int | None = None) -> tuple[dict[str, Any], Path]:
-    """Run the lab; write mimic.json/.md/.png under `out` (and copies under `results`). Returns (report, out)."""
-    out = Path(out or Path("runs") / f"lab-mimic-{dt.datetime.now():%Y%m%d-%H%M%S}")
-    start = time.perf_counter()
-    kwargs = model_kwargs or {}
-    common = dict(data=data, data_dir=data_dir, max_train_samples=max_train_samples, seed=seed, progress=progress,
-                  crop_padding=crop_padding, flip=flip, threads=threads)
-
-    def cfg(model: str, run: str, epochs: int) -> TrainConfig:
-        return config_from_dict({**common, **recipe_for(model), "model": model, "out": str(out / run),
-                                 "epochs": epochs, "model_kwargs": kwargs.get(model, {})})
-
-    if teacher is None:
-        teacher_summary = finished(train(cfg(teacher_model, f"teacher-{teacher_model}", teacher_epochs)))
-        teacher = teacher_summary["checkpoint"]
-    teacher_row = describe_teacher(teacher)
-    rows: list[dict[str, Any]] = []
-    plan = [(s, True) for s in students] + [(s, nondeep_label_baseline) for s in nondeep_students]
-    for model, with_labels in plan:
-        epochs = student_epochs if model in students else nondeep_epochs
-        mimic = finished(distill(cfg(model, f"{model}-{loss}", epochs), [teacher], loss=loss,
-                                  transfer_copies=transfer_copies, cache_dir=cache_dir))
-        label = finished(distill(cfg(model, f"{model}-labels", epochs), [teacher], alpha=0.0,
-                                  transfer_copies=transfer_copies, cache_dir=cache_dir)) if with_labels else None
-        teacher_acc = teacher_row["test_accuracy"] = mimic["teacher_test_accuracy"]
-        rows.append({
-            "model": model, "kind": "shallow" if model in students else "non-deep", "params": mimic["params"],
-            "depth": mimic["depth"], "label_acc": label["test_accuracy"] if label else None,
-            "mimic_acc": mimic["test_accuracy"], "teacher_acc": teacher_acc,
-            "gap_closed": _gap_closed(label["test_accuracy"] if label else None, mimic["test_accuracy"], teacher_acc),
-            "teacher_agreement": mimic["teacher_agreement"],
-            "label_teacher_agreement": label["teacher_agreement"] if label else None,
-            "cache": mimic["distill"]["cache"], "epochs": mimic["epochs"],
-            "train_seconds": mimic["train_seconds"] + (label["train_seconds"] if label else 0.0),
-        })
-    report = {"meta": {"command": command, "data": data, "max_train_samples": max_train_samples, "seed": seed,
-                       "loss": loss, "transfer_copies": transfer_copies, "teacher_epochs": teacher_epochs,
-                       "student_epochs": student_epochs, "nondeep_epochs": nondeep_epochs,
-                       "recipes": {"shallow": MIMIC_RECIPE, "other": "TrainConfig defaults"},
-                       "machine": machine(), "date": dt.datetime.now().isoformat(timespec="seconds"),
-                       "total_seconds": time.perf_counter() - start},
-              "teacher": teacher_row, "rows": rows, "targets": check_targets(rows)}
-    write_outputs(report, out)
-    if results:
-        write_outputs(report, Path(results))
-    return report, out
+def conv_student(layers: int, objectives: Sequence[str]) -> Student:
+    """The depth study's student: `layers` conv layers before the shallow head, by mimicry and on labels."""
+    return Student(f"mimic_cnn_8k conv{layers}", "mimic_cnn_8k", tuple(o for o in ("labels", "mimic") if o in objectives),
+                   {"conv_layers": layers})
 
 
-def describe_teacher(path: str) -> dict[str, Any]:
-    """The teacher's name, measured size and depth (whether the lab trained it or was given it)."""
-    model, meta = load_model(path)
-    data = meta["data"]
-    return {"model": meta["model"], "checkpoint": str(path), "epochs": meta.get("epoch"),
-            "params": measure.count_params(model),
-            "depth": measure.depth(model, (data["in_chans"], *data["image_size"])), "test_accuracy": None}
+def student_runs(student: Student, objective: str, lrs: Sequence[float], teaching: dict[str, Any],
+                 copies: int | str, name: str | None = None) -> list[Run]:
+    """One Run per learning rate of `student` taught by `objective`; `teaching` holds distill's other options."""
+    name = name or f"{student.label} {objective}"
+    return [Run(f"{name} lr={lr:g}", student.model, student.model_kwargs,
+                {"group": name, "student": student.label, "objective": objective, "lr": lr,
+                 "transfer_copies": copies}, recipe=recipe_for(student.model, lr),
+                distill={**teaching, **OBJECTIVES[objective]})
+            for lr in lrs]
 
 
-def check_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, each computed and marked met / not met, whatever the numbers are."""
-    checks = []
-    for r in rows:
-        if r["kind"] == "shallow" and r["label_acc"] is not None:
-            gain = r["mimic_acc"] - r["label_acc"]
-            checks.append({"target": f"{r['model']}: mimic beats label-trained by >= {TARGETS['mimic_gain_points']} point",
-                           "value": round(gain, 2), "met": gain >= TARGETS["mimic_gain_points"]})
-            closed = r["gap_closed"]
-            checks.append({"target": f"{r['model']}: mimic closes >= {TARGETS['gap_closed']:.0%} of the gap to the teacher",
-                           "value": None if closed is None else round(closed, 3),
-                           "met": closed is not None and closed >= TARGETS["gap_closed"]})
-        elif r["kind"] == "non-deep":
-            short = r["teacher_acc"] - r["mimic_acc"]
-            checks.append({"target": f"{r['model']}: mimic within {TARGETS['nondeep_within_points']} point of the teacher",
-                           "value": round(-short, 2), "met": short <= TARGETS["nondeep_within_points"]})
+def train_teachers(folder: Path, models: Sequence[str], epochs: int, budget: Budget) -> list[dict[str, Any]]:
+    """Each ensemble member trained once (seed + its index), without label smoothing; their rows."""
+    runs = [Run(f"teacher-{model}-{i}", model, seed_offset=i, recipe={**TEACHER_RECIPE, "epochs": epochs})
+            for i, model in enumerate(models)]
+    return run_all(folder, runs, dataclasses.replace(budget, seeds=1))
+
+
+def chosen_by_validation(folder: Path, groups: dict[str, list[Run]], budget: Budget
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every (group, lr) with the first seed; per group the lr of the highest final validation accuracy, then
+    that lr with the other seeds. Returns (the chosen runs' rows over all seeds, the search's rows)."""
+    first = dataclasses.replace(budget, seeds=1)
+    search = run_all(folder, [run for runs in groups.values() for run in runs], first)
+    chosen: list[Run] = []
+    kept: list[dict[str, Any]] = []
+    for name, runs in groups.items():
+        rows = [r for r in search if r["group"] == name]
+        best = max(rows, key=lambda r: (r["val_accuracy"], -r["lr"]))  # a tie goes to the smaller lr
+        for row in rows:
+            row["chosen"] = row is best
+        kept.append(best)
+        chosen.append(next(run for run in runs if run.columns["lr"] == best["lr"]))
+    rest = (run_all(folder, chosen, dataclasses.replace(budget, seed=budget.seed + 1, seeds=budget.seeds - 1))
+            if budget.seeds > 1 else [])
+    return kept + rest, search
+
+
+def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, teachers: Sequence[str] = (),
+                  teacher_models: Sequence[str] | None = None, teacher_epochs: int | None = None,
+                  students: Sequence[str] | None = None, objectives: Sequence[str] = tuple(OBJECTIVES),
+                  conv_layers: Sequence[int] | None = None, transfer_copies: int | None = None,
+                  copies_sweep: Sequence[int] | None = None, teacher_online: bool = False,
+                  temperature: float = 4.0, cutout: int = 8, lrs: Sequence[float] | None = None,
+                  lr_search: bool = True, results: str | None = None,
+                  command: Sequence[str] = ("nondeep", "lab", NAME)) -> tuple[dict[str, Any], Path]:
+    """Run the lab (defaults: DEFAULTS for the budget's device); write mimic.json/.md/.png under the lab folder
+    and `results`. `lrs`: the rates searched for every student (default: SHALLOW_LRS or OTHER_LRS by student);
+    lr_search=False: each student at its recipe's rate (smoke runs). Returns (report, folder)."""
+    budget = budget or Budget()
+    gpu = on_gpu(budget.device)
+    pick = lambda value, key: list(value) if value is not None else DEFAULTS[key][gpu]  # noqa: E731
+    teacher_models, students = pick(teacher_models, "teacher_models"), pick(students, "students")
+    conv_layers, copies_sweep = pick(conv_layers, "conv_layers"), pick(copies_sweep, "copies_sweep")
+    teacher_epochs = teacher_epochs or DEFAULTS["teacher_epochs"][gpu]
+    copies = 0 if teacher_online else (transfer_copies if transfer_copies is not None
+                                       else DEFAULTS["transfer_copies"][gpu])
+    check_options(objectives, copies_sweep, teacher_online, teachers or teacher_models, students)
+    started = time.perf_counter()
+    folder = lab_folder(out, NAME)
+    budget = dataclasses.replace(budget, data="fashion-mnist")
+
+    teacher_rows = [] if teachers else train_teachers(folder, teacher_models, teacher_epochs, budget)
+    paths = list(teachers) or [row["checkpoint"] for row in teacher_rows]
+    recipe = {"cutout": cutout}  # the erasing of the transfer copies (and of online batches)
+    teaching = {"teachers": paths, "temperature": temperature, "teacher_online": teacher_online,
+                "transfer_copies": copies, "cache_dir": str(folder / "teacher-logits")}
+    shown_copies: int | str = "online" if teacher_online else copies
+    roster = [Student(s, s, tuple(objectives)) for s in students] + [conv_student(n, objectives) for n in conv_layers]
+    grid = lambda s: tuple(lrs or s.lrs) if lr_search else (recipe_for(s.model, 0.0).get("lr", DEFAULT_LR),)  # noqa: E731
+    groups = {f"{s.label} {o}": _with_recipe(student_runs(s, o, grid(s), teaching, shown_copies), recipe)
+              for s in roster for o in s.objectives}
+    per_seed, search = chosen_by_validation(folder, groups, budget)
+
+    main = roster[0]
+    chosen_lr = next(r["lr"] for r in per_seed if r["group"] == f"{main.label} mimic") if "mimic" in objectives else None
+    sweep_groups = [] if chosen_lr is None else [
+        _with_recipe(student_runs(main, "mimic", [chosen_lr], {**teaching, "transfer_copies": k}, k,
+                                  name=f"{main.label} mimic K={k}"), recipe) for k in copies_sweep]
+    per_seed += run_all(folder, [run for runs in sweep_groups for run in runs], budget) if sweep_groups else []
+
+    for row in per_seed:
+        row["model"] = row["group"]  # the table's unit: (student, objective[, K]) at its chosen lr
+    teacher = describe_teacher(teacher_rows, per_seed, paths)
+    rows = aggregate(per_seed, extra_columns=["student", "objective", "lr", "transfer_copies"])
+    for row in rows:
+        runs = [r for r in per_seed if r["model"] == row["model"]]
+        row["gap_to_teacher"] = teacher["test_accuracy"] - row["test_accuracy"]
+        row["teacher_agreement"] = estimate([r["teacher_agreement"] for r in runs]).mean
+    pairs = comparison_pairs(roster, copies_sweep, shown_copies)
+    flags = [*command, *budget.flags(), *_flags(teachers, teacher_models, teacher_epochs, students, objectives,
+                                                 conv_layers, copies, copies_sweep, teacher_online, temperature,
+                                                 cutout, lrs, lr_search)]
+    report = lab_report(NAME, budget, flags, started, per_seed, rows, pairs, teacher=teacher,
+                        teacher_epochs=None if teachers else teacher_epochs,
+                        transfer_copies=shown_copies, copies_sweep=copies_sweep, temperature=temperature,
+                        cutout=cutout, lr_search=[_search_row(r) for r in search],
+                        recipes={"shallow": MIMIC_RECIPE, "other": "TrainConfig defaults", "teacher": TEACHER_RECIPE})
+    report["targets"] = check_targets(report, roster[0].label)
+    publish(report, folder, results, "Mimic learning: shallow students on a deep teacher's logits (nondeep lab "
+            "mimic)", COLUMNS, notes(report),
+            plot=dict(x="params", y="test_accuracy", logx=True, title="Fashion-MNIST: students by objective",
+                      xlabel="parameters", ylabel="test accuracy (%), mean ± 95% CI"))
+    return report, folder
+
+
+def _with_recipe(runs: list[Run], recipe: dict[str, Any]) -> list[Run]:
+    return [dataclasses.replace(run, recipe={**run.recipe, **recipe}) for run in runs]
+
+
+def check_options(objectives: Sequence[str], copies_sweep: Sequence[int], online: bool, teachers: Sequence[str],
+                  students: Sequence[str]) -> None:
+    from ._lab import LabError
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown or not objectives:
+        raise LabError(f"--objectives must be among {', '.join(OBJECTIVES)}, got {' '.join(objectives) or 'none'}")
+    if "labels" not in objectives:
+        raise LabError("--objectives must include labels: every objective is compared with its label-trained twin")
+    if any(k < 0 for k in copies_sweep):
+        raise LabError(f"--copies-sweep values must be >= 0, got {list(copies_sweep)}")
+    if online and copies_sweep:
+        raise LabError("--copies-sweep compares cached transfer sets; with --teacher-online pass --copies-sweep "
+                       "with no values")
+    if not teachers or not students:
+        raise LabError("the lab needs at least one teacher (--teacher or --teacher-models) and one --students")
+
+
+def describe_teacher(teacher_rows: Sequence[dict[str, Any]], per_seed: Sequence[dict[str, Any]],
+                     paths: Sequence[str]) -> dict[str, Any]:
+    """The ensemble's accuracy (from the students' runs, which score its logits) and its members'."""
+    first = per_seed[0]
+    return {"checkpoints": list(paths), "members": [
+        {k: r[k] for k in ("model", "seed", "test_accuracy", "val_accuracy", "depth", "params", "epochs_trained",
+                           "train_seconds") if k in r} for r in teacher_rows],
+        "test_accuracy": first["teacher_test_accuracy"], "val_accuracy": first["teacher_val_accuracy"]}
+
+
+def comparison_pairs(roster: Sequence[Student], copies_sweep: Sequence[int], copies: int | str
+                     ) -> list[tuple[str, str]]:
+    """Per student each objective against its label twin (and mimic against kd); the K sweep against the lab's K."""
+    pairs = []
+    for s in roster:
+        pairs += [(f"{s.label} {o}", f"{s.label} labels") for o in s.objectives if o != "labels"]
+        if {"mimic", "kd"} <= set(s.objectives):
+            pairs.append((f"{s.label} mimic", f"{s.label} kd"))
+    if "mimic" in roster[0].objectives:
+        pairs += [(f"{roster[0].label} mimic", f"{roster[0].label} mimic K={k}") for k in copies_sweep if k != copies]
+    return pairs
+
+
+def _comparison(report: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
+    return next((c for c in report["comparisons"] if (c["a"], c["b"]) == (a, b)), None)
+
+
+def check_targets(report: dict[str, Any], main: str) -> list[dict[str, Any]]:
+    """The issue's targets, each computed from the report and marked met or not, whatever the numbers are."""
+    teacher = report["meta"]["teacher"]["test_accuracy"]
+    checks = [{"target": f"teacher ensemble >= {TARGETS['teacher_accuracy']}% test accuracy", "value": round(teacher, 2),
+               "met": teacher >= TARGETS["teacher_accuracy"]}]
+    gain = _comparison(report, f"{main} mimic", f"{main} labels")
+    if gain:
+        checks.append({"target": f"{main} by mimicry >= {TARGETS['shallow_gain_points']} point above {main} on labels, "
+                                 "interval excluding 0", "value": _difference_text(gain),
+                       "met": gain["diff"] >= TARGETS["shallow_gain_points"] and gain["low"] is not None
+                       and gain["low"] > 0})
+    for row in report["rows"]:
+        if row["objective"] == "mimic" and not row["student"].startswith("mimic_") and "K=" not in row["model"]:
+            twin = _comparison(report, row["model"], f"{row['student']} labels")
+            if twin:
+                checks.append({"target": f"{row['student']} by mimicry at or above its label twin",
+                               "value": _difference_text(twin), "met": twin["diff"] >= 0})
     return checks
 
 
-def _target_line(t: dict[str, Any]) -> str:
-    value = "n/a: the label-trained student is not below the teacher" if t["value"] is None else t["value"]
-    return f"{'MET' if t['met'] else 'NOT MET'}: {t['target']} (value: {value})"
+def _difference_text(c: dict[str, Any]) -> str:
+    interval = "" if c["low"] is None else f", 95% CI [{c['low']:+.2f}, {c['high']:+.2f}]"
+    return f"{c['diff']:+.2f} points{interval}"
 
 
-def write_outputs(report: dict[str, Any], folder: Path) -> None:
-    meta, rows, teacher = report["meta"], report["rows"], report["teacher"]
-    write_json(folder / "mimic.json", report)
-    columns = ["model", "kind", "params", "depth", "label_acc", "mimic_acc", "teacher_acc", "gap_closed",
-               "teacher_agreement", "label_teacher_agreement", "epochs"]
-    targets = "\n".join(f"- {_target_line(t)}" for t in report["targets"])
-    text = (f"# Mimic learning on {meta['data']} (nondeep lab mimic)\n\n"
-            f"Command: `{meta['command']}`\n\nSeed {meta['seed']}; {meta['date']}; machine: "
-            f"{describe_machine(meta['machine'])}; total {meta['total_seconds'] / 60:.1f} min ({meta['total_seconds']:.0f} s).\n\n"
-            f"Teacher: {teacher['model']} (depth {teacher['depth']}, {teacher['params']} parameters, "
-            f"{teacher['epochs']} epochs), test accuracy {teacher['test_accuracy'] or float('nan'):.2f}%. Training images: "
-            f"{meta['max_train_samples'] or 'all'}; transfer set = originals + {meta['transfer_copies']} fixed "
-            f"augmented copies; loss {meta['loss']}. Each student is trained twice on that same transfer set with the "
-            f"same recipe and steps: on the labels (label_acc) and on the teacher's logits (mimic_acc).\n\n"
-            f"{format_table(rows, columns)}\n\ngap_closed = (mimic_acc - label_acc) / (teacher_acc - label_acc); "
-            f"accuracies in % on the test split.\n\n## Targets\n\n{targets}\n")
-    write_text(folder / "mimic.md", text)
-    points = [{"label": f"{r['model']} (labels)", "params": r["params"], "acc": r["label_acc"]}
-              for r in rows if r["label_acc"] is not None]
-    points += [{"label": f"{r['model']} ({meta['loss']})", "params": r["params"], "acc": r["mimic_acc"]} for r in rows]
-    plot_scatter(points, "params", "acc", folder / "mimic.png", label="label",
-                 title=f"{meta['data']}: students vs the teacher", xlabel="parameters", ylabel="test accuracy (%)",
-                 hlines={f"teacher {teacher['model']}": teacher["test_accuracy"]} if teacher["test_accuracy"] else None,
-                 logx=True)
+def target_lines(report: dict[str, Any]) -> list[str]:
+    return [f"{'MET' if t['met'] else 'NOT MET'}: {t['target']} (measured: {t['value']})" for t in report["targets"]]
+
+
+def notes(report: dict[str, Any]) -> str:
+    """The teacher, the transfer set, the learning-rate search and the targets, as the report's text."""
+    meta, teacher = report["meta"], report["meta"]["teacher"]
+    members = ", ".join(f"{m['model']} seed {m['seed']} {m['test_accuracy']:.2f}%" for m in teacher["members"])
+    made = (f"an ensemble of {len(teacher['members'])} net(s) trained here without label smoothing "
+            f"({meta['teacher_epochs']} epochs each; test accuracy {members})" if teacher["members"]
+            else f"the given checkpoint(s) {', '.join(teacher['checkpoints'])}")
+    copies = meta["transfer_copies"]
+    transfer = ("the teacher runs on every augmented batch (--teacher-online)" if copies == "online" else
+                f"the training images and {copies} augmented copies (crop, flip, erasing of {meta['cutout']} px), "
+                "the teacher's logits cached once; each epoch shows every image once, as one of its views")
+    search = format_table(meta["lr_search"], ["group", "lr", "val_accuracy", "chosen"])
+    return (f"## Teacher\n\nThe teacher is {made}. The mean of the members' logits scores "
+            f"{teacher['test_accuracy']:.2f}% on the test split and {teacher['val_accuracy']:.2f}% on validation. "
+            f"gap_to_teacher = its test accuracy minus the student's mean; teacher_agreement: % of validation "
+            f"images on which the student's class is the teacher's.\n\n## Transfer set\n\nEvery student, on every "
+            f"objective, trains on {transfer}: the label twin sees the same images in the same order. kd uses "
+            f"temperature {meta['temperature']:g}.\n\n## Learning rate, chosen on validation\n\nEach (student, "
+            f"objective) trained at every rate with the first seed; the rate of the highest final validation "
+            f"accuracy was kept and run with the other seeds.\n\n{search}\n\n## Targets\n\n"
+            + "\n".join(f"- {line}" for line in target_lines(report)))
+
+
+def _search_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("group", "lr", "seed", "val_accuracy", "chosen")}
+
+
+def _flags(teachers: Sequence[str], teacher_models: Sequence[str], teacher_epochs: int, students: Sequence[str],
+           objectives: Sequence[str], conv_layers: Sequence[int], copies: int, copies_sweep: Sequence[int],
+           online: bool, temperature: float, cutout: int, lrs: Sequence[float] | None, search: bool) -> list[str]:
+    """The lab's own flags, to reproduce the run."""
+    parts = (["--teacher", *teachers] if teachers else
+             ["--teacher-models", *teacher_models, "--teacher-epochs", str(teacher_epochs)])
+    parts += ["--students", *students, "--objectives", *objectives, "--conv-layers", *map(str, conv_layers),
+              "--copies-sweep", *map(str, copies_sweep), "--temperature", f"{temperature:g}", "--cutout", str(cutout)]
+    parts += ["--teacher-online"] if online else ["--transfer-copies", str(copies)]
+    return parts + (["--lrs", *(f"{lr:g}" for lr in lrs)] if lrs else []) + ([] if search else ["--no-lr-search"])
 
 
 def cmd_mimic(args: argparse.Namespace) -> None:
-    epochs = {k: (args.epochs or getattr(args, k)) for k in ("teacher_epochs", "student_epochs", "nondeep_epochs")}
-    parts = ["nondeep", "lab", "mimic", *(["--teacher", args.teacher] if args.teacher else
-                                          ["--teacher-model", args.teacher_model]),
-             *([] if args.teacher else ["--teacher-epochs", str(epochs["teacher_epochs"])]), "--students", *args.students,
-             "--student-epochs", str(epochs["student_epochs"]), "--nondeep-students", *args.nondeep_students,
-             "--nondeep-epochs", str(epochs["nondeep_epochs"]), "--transfer-copies", str(args.transfer_copies),
-             "--loss", args.loss, "--max-train-samples", str(args.max_train_samples), "--seed", str(args.seed),
-             "--crop-padding", str(args.crop_padding), "--flip" if args.flip else "--no-flip"]
-    parts += ["--nondeep-label-baseline"] if args.nondeep_label_baseline else []
-    parts += ["--threads", str(args.threads)] if args.threads else []
-    parts += ["--data-dir", args.data_dir] if args.data_dir else []
-    parts += ["--results", args.results] if args.results else []
-    report, out = run_mimic_lab(
-        out=args.out, teacher=args.teacher, teacher_model=args.teacher_model, students=args.students,
-        nondeep_students=args.nondeep_students, nondeep_label_baseline=args.nondeep_label_baseline,
-        transfer_copies=args.transfer_copies, loss=args.loss, data_dir=args.data_dir,
-        max_train_samples=args.max_train_samples or None, seed=args.seed, crop_padding=args.crop_padding,
-        flip=args.flip, cache_dir=args.cache_dir, model_kwargs=args.model_kwargs, results=args.results,
-        command=shlex.join(parts), progress=args.progress, threads=args.threads, **epochs)
-    print(format_table(report["rows"], ["model", "params", "depth", "label_acc", "mimic_acc", "teacher_acc",
-                                        "gap_closed", "teacher_agreement"]))
-    print(f"teacher {report['teacher']['model']}: {report['teacher']['test_accuracy']:.2f}%")
-    for t in report["targets"]:
-        print(_target_line(t))
-    print(f"\nwritten under {out}: mimic.json, mimic.md, mimic.png, one run folder per model"
-          + (f"; copied to {args.results}" if args.results else ""))
+    budget = budget_from_args(args)
+    report, folder = run_mimic_lab(
+        out=args.out, budget=budget, teachers=args.teacher or (), teacher_models=args.teacher_models,
+        teacher_epochs=args.teacher_epochs or (1 if args.quick else None), students=args.students,
+        objectives=args.objectives, conv_layers=args.conv_layers, transfer_copies=args.transfer_copies,
+        copies_sweep=args.copies_sweep, teacher_online=args.teacher_online, temperature=args.temperature,
+        cutout=args.cutout, lrs=args.lrs, lr_search=args.lr_search and not args.quick, results=args.results)
+    print(f"teacher: {report['meta']['teacher']['test_accuracy']:.2f}% test")
+    for line in target_lines(report):
+        print(line)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mimic", help="Ba & Caruana: shallow and non-deep students trained on labels vs on a deep "
-                       "teacher's logits (default budget: ~30 min on 2 CPU cores)")
-    p.add_argument("--teacher", metavar="CKPT", help="use this teacher checkpoint instead of training one")
-    p.add_argument("--teacher-model", default="preact_resnet_20", help="deep teacher to train (default: %(default)s)")
-    p.add_argument("--teacher-epochs", type=int, default=5)
-    p.add_argument("--students", nargs="+", default=list(SHALLOW_STUDENTS), help="shallow students (labels and mimic)")
-    p.add_argument("--student-epochs", type=int, default=2, help="epochs over the transfer set (both twins)")
-    p.add_argument("--nondeep-students", nargs="*", default=list(NONDEEP_STUDENTS), help="non-deep students (mimic)")
-    p.add_argument("--nondeep-epochs", type=int, default=2)
-    p.add_argument("--nondeep-label-baseline", action="store_true", help="also train the non-deep students on labels")
-    p.add_argument("--epochs", type=int, help="set teacher, student and non-deep epochs at once (smoke runs)")
-    p.add_argument("--transfer-copies", type=int, default=0, help="fixed augmented copies in the transfer set")
-    p.add_argument("--loss", choices=("mimic", "kd"), default="mimic")
-    p.add_argument("--max-train-samples", type=int, default=0,
-                   help="first N training images, for the teacher and the students (default 0: all)")
-    p.add_argument("--crop-padding", type=int, default=2)
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--data-dir")
-    p.add_argument("--cache-dir", help="teacher-logit cache (default: the user cache)")
-    p.add_argument("--model-kwargs", type=json.loads, default=None,
-                   help='JSON {model: {kwarg: value}}, e.g. \'{"parnet_tiny": {"width_multiplier": 0.5}}\'')
-    p.add_argument("--out", help="output folder (default runs/lab-mimic-<date>)")
-    p.add_argument("--results", help="also copy mimic.json/.md/.png here (e.g. docs/results)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p = sub.add_parser(NAME, help="Ba & Caruana: students taught by a deep ensemble's logits (L2, KD) vs on labels, "
+                       "each learning rate chosen on validation, over seeds (CPU default: about 2 h on 2 cores)")
+    p.add_argument("--teacher", nargs="+", metavar="CKPT", help="use these checkpoints as the teacher ensemble")
+    p.add_argument("--teacher-models", nargs="+", help="ensemble members to train (default: 3 x preact_resnet_20 on "
+                   "a CPU, 5 x wrn_16_4 on a GPU)")
+    p.add_argument("--teacher-epochs", type=int, help="epochs of each member (default: 5 on a CPU, 40 on a GPU)")
+    p.add_argument("--students", nargs="+", help="student models (default: mimic_snn_8k on a CPU; mimic_snn_8k "
+                   "mimic_cnn_8k parnet_tiny on a GPU)")
+    p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES),
+                   help="labels (cross-entropy), mimic (L2 on logits), kd (KL at --temperature) (default: all)")
+    p.add_argument("--conv-layers", type=int, nargs="*", help="how shallow: also conv students with this many conv "
+                   "layers, by mimicry and on labels (default: none on a CPU, 2 3 on a GPU)")
+    p.add_argument("--transfer-copies", type=int, help="K augmented copies in the transfer set (default: 4 on a CPU, "
+                   "10 on a GPU)")
+    p.add_argument("--copies-sweep", type=int, nargs="*", help="also the first student by mimicry at these K "
+                   "(default: 0 on a CPU, 0 1 on a GPU)")
+    p.add_argument("--teacher-online", action="store_true", help="run the teacher on every augmented batch instead "
+                   "of caching its logits over K copies")
+    p.add_argument("--temperature", type=float, default=4.0, help="kd temperature (default: %(default)s)")
+    p.add_argument("--cutout", type=int, default=8, help="erasing square of the transfer copies (default: %(default)s)")
+    p.add_argument("--lrs", type=float, nargs="+", help=f"learning rates searched for every student (default: "
+                   f"{' '.join(map(str, SHALLOW_LRS))} for the mimic_* students, {' '.join(map(str, OTHER_LRS))} "
+                   "for the others)")
+    p.add_argument("--lr-search", action=argparse.BooleanOptionalAction, default=True, help="choose each "
+                   "student's rate on validation (--no-lr-search and --quick: its recipe's rate)")
+    add_common_args(p, NAME, epochs=DEFAULTS["epochs"][0], max_train_samples=0)
     p.set_defaults(func=cmd_mimic)

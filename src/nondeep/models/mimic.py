@@ -31,12 +31,13 @@ class ShallowMimicNet(nn.Module):
     """flatten -> Linear(in, bottleneck) -> Linear(bottleneck, hidden) -> activation -> Linear(hidden, classes).
 
     `bottleneck=None` drops the linear bottleneck (the plain shallow net). `input_size` is (C, H, W) or (H, W);
-    `in_chans` overrides C. `conv_channels > 0` adds the conv front end (see ConvShallowMimicNet).
+    `in_chans` overrides C. `conv_layers > 0` puts that many conv + ReLU + 2x2 max-pool layers in front
+    (`conv_channels` filters of `kernel_size`, same padding): the students of "how shallow can it be?".
     """
 
     def __init__(self, input_size: Sequence[int] = (1, 28, 28), num_classes: int = 10, hidden: int = 8000,
                  bottleneck: int | None = 250, activation: str = "relu", in_chans: int | None = None,
-                 conv_channels: int = 0, kernel_size: int = 5) -> None:
+                 conv_layers: int = 0, conv_channels: int = 128, kernel_size: int = 5) -> None:
         super().__init__()
         if len(input_size) not in (2, 3):
             raise ValueError(f"input_size must be (C, H, W) or (H, W), got {tuple(input_size)}")
@@ -50,13 +51,16 @@ class ShallowMimicNet(nn.Module):
         self.in_chans, self.num_classes = c, num_classes
         self.num_features = self.head_hidden_size = hidden
 
-        if conv_channels > 0:
-            self.conv: nn.Module = nn.Sequential(
-                nn.Conv2d(c, conv_channels, kernel_size, padding="same"), nn.ReLU(inplace=True), nn.MaxPool2d(2))
-            in_features = conv_channels * (h // 2) * (w // 2)
-        else:
-            self.conv = nn.Identity()
-            in_features = c * h * w
+        if conv_layers < 0 or (conv_layers and conv_channels < 1):
+            raise ValueError(f"need conv_layers >= 0 and conv_channels >= 1, got {conv_layers} and {conv_channels}")
+        if min(h, w) >> conv_layers < 1:
+            raise ValueError(f"{conv_layers} 2x2 max-pools leave nothing of a {h}x{w} input: use fewer conv_layers")
+        layers: list[nn.Module] = []
+        for i in range(conv_layers):
+            layers += [nn.Conv2d(c if i == 0 else conv_channels, conv_channels, kernel_size, padding="same"),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        self.conv: nn.Module = nn.Sequential(*layers) if layers else nn.Identity()
+        in_features = (conv_channels if conv_layers else c) * (h >> conv_layers) * (w >> conv_layers)
         # No bias: a bias here would pass linearly into the hidden layer's bias, so it adds nothing.
         self.bottleneck = nn.Linear(in_features, bottleneck, bias=False) if bottleneck else None
         self.hidden = nn.Linear(bottleneck or in_features, hidden)
@@ -90,13 +94,13 @@ class ShallowMimicNet(nn.Module):
 
 
 class ConvShallowMimicNet(ShallowMimicNet):
-    """One conv layer (`conv_channels` filters, `kernel_size`, same padding) + ReLU + 2x2 max-pool, then the
-    shallow net: the paper's SNN-CNN student. Takes ShallowMimicNet's other arguments."""
+    """`conv_layers` (default one) conv layers (`conv_channels` filters, `kernel_size`, same padding) + ReLU +
+    2x2 max-pool, then the shallow net: the paper's SNN-CNN student. Takes ShallowMimicNet's other arguments."""
 
-    def __init__(self, *args: Any, conv_channels: int = 128, kernel_size: int = 5, **kwargs: Any) -> None:
-        if conv_channels < 1:
-            raise ValueError(f"conv_channels must be >= 1, got {conv_channels}: use ShallowMimicNet for no conv")
-        super().__init__(*args, conv_channels=conv_channels, kernel_size=kernel_size, **kwargs)
+    def __init__(self, *args: Any, conv_layers: int = 1, **kwargs: Any) -> None:
+        if conv_layers < 1:
+            raise ValueError(f"conv_layers must be >= 1, got {conv_layers}: use ShallowMimicNet for no conv")
+        super().__init__(*args, conv_layers=conv_layers, **kwargs)
 
 
 @register_model(cfg=FASHION_MNIST_CFG)
