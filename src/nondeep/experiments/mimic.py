@@ -46,8 +46,9 @@ TEACHER_RECIPE: dict[str, Any] = {"label_smoothing": 0.0}  # smoothing compresse
 # (CPU, GPU) defaults: what 2 cores finish in about two hours, and the converged design a GPU makes cheap
 DEFAULTS = {"teacher_models": (["preact_resnet_20"] * 3, ["wrn_16_4"] * 5), "teacher_epochs": (5, 40),
             "students": (["mimic_snn_8k"], ["mimic_snn_8k", "mimic_cnn_8k", "parnet_tiny"]),
-            "epochs": (8, 30), "transfer_copies": (4, 10), "copies_sweep": ([0], [0, 1]),
+            "transfer_copies": (2, 10), "copies_sweep": ([0], [0, 1]),
             "conv_layers": ([], [2, 3])}
+CPU_EPOCHS = 4  # the students' epochs on a CPU; on a GPU the labs' GPU_BUDGET
 TARGETS = {"teacher_accuracy": 94.5, "shallow_gain_points": 1.0}
 COLUMNS = ["model", "objective", "lr", "transfer_copies", "depth", "params", "mflops", "steps", "seeds",
            "test_accuracy", "ci95", "gap_to_teacher", "teacher_agreement", "chosen_on_val_test_accuracy",
@@ -327,7 +328,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="labels (cross-entropy), mimic (L2 on logits), kd (KL at --temperature) (default: all)")
     p.add_argument("--conv-layers", type=int, nargs="*", help="how shallow: also conv students with this many conv "
                    "layers, by mimicry and on labels (default: none on a CPU, 2 3 on a GPU)")
-    p.add_argument("--transfer-copies", type=int, help="K augmented copies in the transfer set (default: 4 on a CPU, "
+    p.add_argument("--transfer-copies", type=int, help="K augmented copies in the transfer set (default: 2 on a CPU, "
                    "10 on a GPU)")
     p.add_argument("--copies-sweep", type=int, nargs="*", help="also the first student by mimicry at these K "
                    "(default: 0 on a CPU, 0 1 on a GPU)")
@@ -340,5 +341,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "for the others)")
     p.add_argument("--lr-search", action=argparse.BooleanOptionalAction, default=True, help="choose each "
                    "student's rate on validation (--no-lr-search and --quick: its recipe's rate)")
-    add_common_args(p, NAME, epochs=DEFAULTS["epochs"][0], max_train_samples=0)
+    add_common_args(p, NAME, epochs=CPU_EPOCHS, max_train_samples=0)
     p.set_defaults(func=cmd_mimic)
