@@ -112,9 +112,13 @@ def test_cli_models_table(capsys):
 
 
 def test_cli_info(capsys):
-    assert main(["info", "parnet_tiny", "--input-size", "1", "28", "28", "--fused", "--latency"]) == 0
+    # two forms keep it short: the choice among every form is optimize's test (tests/test_inference.py)
+    assert main(["info", "parnet_tiny", "--input-size", "1", "28", "28", "--fused", "--latency",
+                 "--forms", "eager", "channels_last"]) == 0
     out = capsys.readouterr().out
     assert "depth: 12" in out and "latency_ms_bs1" in out and "1x28x28" in out
+    table = out.split("| form", 1)[1]
+    assert "tried" in out and "eager" in table and "onnxruntime" not in table and "streams" not in table
 
 
 def test_cli_unknown_model_is_one_line_and_nonzero():
