@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from ..report import format_table
 from ..stats import estimate
 from ..train import TrainConfig
-from ._lab import Budget, Run, add_common_args, budget_from_args, lab_folder, on_gpu, run_all
+from ._lab import Budget, LabError, Run, add_common_args, budget_from_args, lab_folder, on_gpu, run_all
 from ._lab_report import aggregate, lab_report, publish
 
 NAME = "mimic"
@@ -81,14 +81,22 @@ def conv_student(layers: int, objectives: Sequence[str]) -> Student:
 
 
 def student_runs(student: Student, objective: str, lrs: Sequence[float], teaching: dict[str, Any],
-                 copies: int | str, name: str | None = None) -> list[Run]:
-    """One Run per learning rate of `student` taught by `objective`; `teaching` holds distill's other options."""
+                 copies: int | str, recipe: dict[str, Any], name: str | None = None) -> list[Run]:
+    """One Run per learning rate of `student` taught by `objective`; `teaching` holds distill's other options,
+    `recipe` training options shared by every student (the transfer set's erasing)."""
     name = name or f"{student.label} {objective}"
     return [Run(f"{name} lr={lr:g}", student.model, student.model_kwargs,
                 {"group": name, "student": student.label, "objective": objective, "lr": lr,
-                 "transfer_copies": copies}, recipe=recipe_for(student.model, lr),
+                 "transfer_copies": copies}, recipe={**recipe_for(student.model, lr), **recipe},
                 distill={**teaching, **OBJECTIVES[objective]})
             for lr in lrs]
+
+
+def lr_grid(student: Student, lrs: Sequence[float] | None, search: bool) -> tuple[float, ...]:
+    """The rates searched for `student`: `lrs`, else its family's grid; without a search, its recipe's rate."""
+    if not search:
+        return (MIMIC_RECIPE["lr"] if student.model.startswith("mimic_") else DEFAULT_LR,)
+    return tuple(lrs or student.lrs)
 
 
 def train_teachers(folder: Path, models: Sequence[str], epochs: int, budget: Budget) -> list[dict[str, Any]]:
@@ -131,7 +139,8 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
     lr_search=False: each student at its recipe's rate (smoke runs). Returns (report, folder)."""
     budget = budget or Budget()
     gpu = on_gpu(budget.device)
-    pick = lambda value, key: list(value) if value is not None else DEFAULTS[key][gpu]  # noqa: E731
+    def pick(value: Sequence[Any] | None, key: str) -> list[Any]:
+        return list(value) if value is not None else DEFAULTS[key][gpu]
     teacher_models, students = pick(teacher_models, "teacher_models"), pick(students, "students")
     conv_layers, copies_sweep = pick(conv_layers, "conv_layers"), pick(copies_sweep, "copies_sweep")
     teacher_epochs = teacher_epochs or DEFAULTS["teacher_epochs"][gpu]
@@ -149,16 +158,15 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
                 "transfer_copies": copies, "cache_dir": str(folder / "teacher-logits")}
     shown_copies: int | str = "online" if teacher_online else copies
     roster = [Student(s, s, tuple(objectives)) for s in students] + [conv_student(n, objectives) for n in conv_layers]
-    grid = lambda s: tuple(lrs or s.lrs) if lr_search else (recipe_for(s.model, 0.0).get("lr", DEFAULT_LR),)  # noqa: E731
-    groups = {f"{s.label} {o}": _with_recipe(student_runs(s, o, grid(s), teaching, shown_copies), recipe)
+    groups = {f"{s.label} {o}": student_runs(s, o, lr_grid(s, lrs, lr_search), teaching, shown_copies, recipe)
               for s in roster for o in s.objectives}
     per_seed, search = chosen_by_validation(folder, groups, budget)
 
     main = roster[0]
     chosen_lr = next(r["lr"] for r in per_seed if r["group"] == f"{main.label} mimic") if "mimic" in objectives else None
     sweep_groups = [] if chosen_lr is None else [
-        _with_recipe(student_runs(main, "mimic", [chosen_lr], {**teaching, "transfer_copies": k}, k,
-                                  name=f"{main.label} mimic K={k}"), recipe) for k in copies_sweep]
+        student_runs(main, "mimic", [chosen_lr], {**teaching, "transfer_copies": k}, k, recipe,
+                     name=f"{main.label} mimic K={k}") for k in copies_sweep]
     per_seed += run_all(folder, [run for runs in sweep_groups for run in runs], budget) if sweep_groups else []
 
     for row in per_seed:
@@ -186,13 +194,8 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
     return report, folder
 
 
-def _with_recipe(runs: list[Run], recipe: dict[str, Any]) -> list[Run]:
-    return [dataclasses.replace(run, recipe={**run.recipe, **recipe}) for run in runs]
-
-
 def check_options(objectives: Sequence[str], copies_sweep: Sequence[int], online: bool, teachers: Sequence[str],
                   students: Sequence[str]) -> None:
-    from ._lab import LabError
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown or not objectives:
         raise LabError(f"--objectives must be among {', '.join(OBJECTIVES)}, got {' '.join(objectives) or 'none'}")
@@ -282,7 +285,8 @@ def notes(report: dict[str, Any]) -> str:
             f"objective, trains on {transfer}: the label twin sees the same images in the same order. kd uses "
             f"temperature {meta['temperature']:g}.\n\n## Learning rate, chosen on validation\n\nEach (student, "
             f"objective) trained at every rate with the first seed; the rate of the highest final validation "
-            f"accuracy was kept and run with the other seeds.\n\n{search}\n\n## Targets\n\n"
+            f"accuracy was kept and run with the other seeds. The K sweep runs at the rate chosen for the first "
+            f"student by mimicry.\n\n{search}\n\n## Targets\n\n"
             + "\n".join(f"- {line}" for line in target_lines(report)))
 
 
