@@ -137,6 +137,8 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
         assert f"{'MET' if t['met'] else 'NOT MET'}: {t['target']}" in printed
     markdown = (results / "mimic.md").read_text()
     assert report["meta"]["command"] in markdown and "## Teacher" in markdown and "chosen" in markdown
+    # with two rates tried, the chosen one is always at an edge of the grid, and the report says so
+    assert "Chosen at the edge of the grid" in markdown and "mimic_snn_1k labels (" in markdown
     assert report["meta"]["command"].startswith("nondeep lab mimic --epochs 2")
     for name in ("mimic.png", "mimic-curves.png"):
         assert (out / name).is_file() and (results / name).is_file()

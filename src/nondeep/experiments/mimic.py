@@ -277,7 +277,7 @@ def notes(report: dict[str, Any]) -> str:
     transfer = ("the teacher runs on every augmented batch (--teacher-online)" if copies == "online" else
                 f"the training images and {copies} augmented copies (crop, flip, erasing of {meta['cutout']} px), "
                 "the teacher's logits cached once; each epoch shows every image once, as one of its views")
-    search = format_table(meta["lr_search"], ["group", "lr", "val_accuracy", "chosen"])
+    search = format_table(meta["lr_search"], ["group", "lr", "val_accuracy", "chosen"]) + _edge_note(meta["lr_search"])
     return (f"## Teacher\n\nThe teacher is {made}. The mean of the members' logits scores "
             f"{teacher['test_accuracy']:.2f}% on the test split and {teacher['val_accuracy']:.2f}% on validation. "
             f"gap_to_teacher = its test accuracy minus the student's mean; teacher_agreement: % of validation "
@@ -288,6 +288,18 @@ def notes(report: dict[str, Any]) -> str:
             f"accuracy was kept and run with the other seeds. The K sweep runs at the rate chosen for the first "
             f"student by mimicry.\n\n{search}\n\n## Targets\n\n"
             + "\n".join(f"- {line}" for line in target_lines(report)))
+
+
+def _edge_note(search: Sequence[dict[str, Any]]) -> str:
+    """Which groups chose a rate at the edge of their grid (a wider grid might find a better one)."""
+    edges = []
+    for group in dict.fromkeys(r["group"] for r in search):
+        tried = [r for r in search if r["group"] == group]
+        chosen = next(r["lr"] for r in tried if r["chosen"])
+        if len(tried) > 1 and chosen in (min(r["lr"] for r in tried), max(r["lr"] for r in tried)):
+            edges.append(f"{group} ({chosen:g})")
+    return ("\n\nChosen at the edge of the grid, so a wider grid might find a better rate: " + ", ".join(edges) + "."
+            if edges else "")
 
 
 def _search_row(row: dict[str, Any]) -> dict[str, Any]:
