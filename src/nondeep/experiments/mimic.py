@@ -187,11 +187,16 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
                         cutout=cutout, lr_search=[_search_row(r) for r in search],
                         recipes={"shallow": MIMIC_RECIPE, "other": "TrainConfig defaults", "teacher": TEACHER_RECIPE})
     report["targets"] = check_targets(report, roster[0].label)
+    write_report(report, folder, results)
+    return report, folder
+
+
+def write_report(report: dict[str, Any], folder: Path, results: str | None = None) -> None:
+    """mimic.json, .md, .png and -curves.png from the report (under `folder`, and `results`)."""
     publish(report, folder, results, "Mimic learning: shallow students on a deep teacher's logits (nondeep lab "
             "mimic)", COLUMNS, notes(report),
             plot=dict(x="params", y="test_accuracy", logx=True, title="Fashion-MNIST: students by objective",
                       xlabel="parameters", ylabel="test accuracy (%), mean ± 95% CI"))
-    return report, folder
 
 
 def check_options(objectives: Sequence[str], copies_sweep: Sequence[int], online: bool, teachers: Sequence[str],
