@@ -111,7 +111,7 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
     printed = capsys.readouterr().out
     report = json.loads((results / "mimic.json").read_text())
     assert [r["model"] for r in report["rows"]] == ["mimic_snn_1k labels", "mimic_snn_1k mimic",
-                                                    "mimic_snn_1k mimic K=0"]
+                                                    "mimic_snn_1k labels K=0", "mimic_snn_1k mimic K=0"]
     # the rate is chosen on validation with seed 0 only; the chosen rate then runs with seed 1
     search = report["meta"]["lr_search"]
     for group in ("mimic_snn_1k labels", "mimic_snn_1k mimic"):
@@ -127,7 +127,8 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
         assert row["seeds"] == 2 and row["ci95"] is not None
         assert row["gap_to_teacher"] == pytest.approx(report["meta"]["teacher"]["test_accuracy"] - row["test_accuracy"])
     assert [(c["a"], c["b"]) for c in report["comparisons"]] == [
-        ("mimic_snn_1k mimic", "mimic_snn_1k labels"), ("mimic_snn_1k mimic", "mimic_snn_1k mimic K=0")]
+        ("mimic_snn_1k mimic", "mimic_snn_1k labels"), ("mimic_snn_1k mimic K=0", "mimic_snn_1k labels K=0"),
+        ("mimic_snn_1k mimic", "mimic_snn_1k mimic K=0")]
     for c in report["comparisons"]:
         assert c["verdict"] == welch(accs[c["a"]], accs[c["b"]], c["a"], c["b"]).as_dict()["verdict"]
     teacher = report["meta"]["teacher"]
@@ -145,7 +146,7 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
     # started again with the same --out: every run (teachers, search, seeds, K sweep) is reused, none retrained
     assert main(_lab_args(tiny_fashion, out, tmp_path / "again")) == 0
     printed = capsys.readouterr().out
-    assert printed.count("reusing the finished run") == 2 + 4 + 2 + 2 and "epoch 1/" not in printed
+    assert printed.count("reusing the finished run") == 2 + 4 + 2 + 4 and "epoch 1/" not in printed
     again = json.loads((tmp_path / "again" / "mimic.json").read_text())
     assert [r["test_accuracy"] for r in again["runs"]] == [r["test_accuracy"] for r in report["runs"]]
 

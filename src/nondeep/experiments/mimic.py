@@ -9,7 +9,7 @@ to the teacher and beats the same net trained on the labels") tested on Fashion-
    the twin), `mimic` (L2 on logits) and `kd` (Hinton's KL at temperature T). The learning rate is chosen per
    student and objective on the validation split, with the first seed; the other seeds use the chosen one.
 4. How shallow can the student be: conv students with --conv-layers conv layers before the shallow head.
-5. K: the first student's mimic objective at each --copies-sweep K, against the lab's K.
+5. K: the first student by mimicry and on labels at each --copies-sweep K, against each other and the lab's K.
 
 The report gives each (student, objective) over the seeds with its 95% interval, each objective against the
 labels with a Welch interval and a verdict computed from it, the teacher's accuracy, and the issue's targets
@@ -163,10 +163,11 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
     per_seed, search = chosen_by_validation(folder, groups, budget)
 
     main = roster[0]
-    chosen_lr = next(r["lr"] for r in per_seed if r["group"] == f"{main.label} mimic") if "mimic" in objectives else None
-    sweep_groups = [] if chosen_lr is None else [
-        student_runs(main, "mimic", [chosen_lr], {**teaching, "transfer_copies": k}, k, recipe,
-                     name=f"{main.label} mimic K={k}") for k in copies_sweep]
+    # the K sweep: the first student by mimicry and its label twin at each K, each at the rate chosen at the lab's K
+    chosen = {r["objective"]: r["lr"] for r in per_seed if r["student"] == main.label}
+    sweep_groups = [student_runs(main, o, [chosen[o]], {**teaching, "transfer_copies": k}, k, recipe,
+                                 name=f"{main.label} {o} K={k}")
+                    for k in copies_sweep for o in ("labels", "mimic") if "mimic" in objectives]
     per_seed += run_all(folder, [run for runs in sweep_groups for run in runs], budget) if sweep_groups else []
 
     for row in per_seed:
@@ -227,14 +228,18 @@ def describe_teacher(teacher_rows: Sequence[dict[str, Any]], per_seed: Sequence[
 
 def comparison_pairs(roster: Sequence[Student], copies_sweep: Sequence[int], copies: int | str
                      ) -> list[tuple[str, str]]:
-    """Per student each objective against its label twin (and mimic against kd); the K sweep against the lab's K."""
+    """Per student each objective against its label twin (and mimic against kd); at each K of the sweep mimicry
+    against its label twin, and against mimicry at the lab's K."""
     pairs = []
     for s in roster:
         pairs += [(f"{s.label} {o}", f"{s.label} labels") for o in s.objectives if o != "labels"]
         if {"mimic", "kd"} <= set(s.objectives):
             pairs.append((f"{s.label} mimic", f"{s.label} kd"))
     if "mimic" in roster[0].objectives:
-        pairs += [(f"{roster[0].label} mimic", f"{roster[0].label} mimic K={k}") for k in copies_sweep if k != copies]
+        for k in copies_sweep:
+            pairs.append((f"{roster[0].label} mimic K={k}", f"{roster[0].label} labels K={k}"))
+            if k != copies:
+                pairs.append((f"{roster[0].label} mimic", f"{roster[0].label} mimic K={k}"))
     return pairs
 
 
@@ -290,8 +295,8 @@ def notes(report: dict[str, Any]) -> str:
             f"objective, trains on {transfer}: the label twin sees the same images in the same order. kd uses "
             f"temperature {meta['temperature']:g}.\n\n## Learning rate, chosen on validation\n\nEach (student, "
             f"objective) trained at every rate with the first seed; the rate of the highest final validation "
-            f"accuracy was kept and run with the other seeds. The K sweep runs at the rate chosen for the first "
-            f"student by mimicry.\n\n{search}\n\n## Targets\n\n"
+            f"accuracy was kept and run with the other seeds. The K sweep runs each objective at the rate chosen "
+            f"for it at the lab's K.\n\n{search}\n\n## Targets\n\n"
             + "\n".join(f"- {line}" for line in target_lines(report)))
 
 
