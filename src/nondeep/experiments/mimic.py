@@ -55,9 +55,14 @@ COLUMNS = ["model", "objective", "lr", "transfer_copies", "depth", "params", "mf
            "converged"]
 
 
+def is_shallow(model: str) -> bool:
+    """Ba & Caruana's students (MIMIC_RECIPE, SHALLOW_LRS); every other model keeps nondeep's recipe."""
+    return model.startswith("mimic_")
+
+
 def recipe_for(model: str, lr: float) -> dict[str, Any]:
     """The Ba & Caruana students get MIMIC_RECIPE; every other model nondeep's default; both at `lr`."""
-    return {**(MIMIC_RECIPE if model.startswith("mimic_") else {}), "lr": lr}
+    return {**(MIMIC_RECIPE if is_shallow(model) else {}), "lr": lr}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +73,6 @@ class Student:
     model: str
     objectives: tuple[str, ...]
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def lrs(self) -> tuple[float, ...]:
-        return SHALLOW_LRS if self.model.startswith("mimic_") else OTHER_LRS
 
 
 def conv_student(layers: int, objectives: Sequence[str]) -> Student:
@@ -95,8 +96,8 @@ def student_runs(student: Student, objective: str, lrs: Sequence[float], teachin
 def lr_grid(student: Student, lrs: Sequence[float] | None, search: bool) -> tuple[float, ...]:
     """The rates searched for `student`: `lrs`, else its family's grid; without a search, its recipe's rate."""
     if not search:
-        return (MIMIC_RECIPE["lr"] if student.model.startswith("mimic_") else DEFAULT_LR,)
-    return tuple(lrs or student.lrs)
+        return (MIMIC_RECIPE["lr"] if is_shallow(student.model) else DEFAULT_LR,)
+    return tuple(lrs or (SHALLOW_LRS if is_shallow(student.model) else OTHER_LRS))
 
 
 def train_teachers(folder: Path, models: Sequence[str], epochs: int, budget: Budget) -> list[dict[str, Any]]:
@@ -259,7 +260,7 @@ def check_targets(report: dict[str, Any], main: str) -> list[dict[str, Any]]:
                        "met": gain["diff"] >= TARGETS["shallow_gain_points"] and gain["low"] is not None
                        and gain["low"] > 0})
     for row in report["rows"]:
-        if row["objective"] == "mimic" and not row["student"].startswith("mimic_") and "K=" not in row["model"]:
+        if row["objective"] == "mimic" and not is_shallow(row["student"]) and "K=" not in row["model"]:
             twin = _comparison(report, row["model"], f"{row['student']} labels")
             if twin:
                 checks.append({"target": f"{row['student']} by mimicry at or above its label twin",

@@ -9,9 +9,8 @@ level. Every ParNet must measure depth 12 (traced by nondeep.measure, not declar
 that does not. The 1x level is the base itself, shared by all ParNet axes and trained once.
 
 The deep reference grows by depth alone: WRN-n-k over n = 6N + 4 at one fixed k, the k that puts the
-shallowest (WRN-10) at the base's FLOPs. A WRN rather than pre-act ResNets, because the ResNets' width is
-fixed: their smallest cannot be put at the base's FLOPs, so the reference curve would not start where the
-ParNet curves start.
+shallowest (WRN-10) at the base's FLOPs. Not pre-act ResNets: their width is fixed, so their smallest cannot
+be put at the base's FLOPs, and the reference curve would not start where the ParNet curves start.
 
 Each (axis, level) takes the knob value whose fused FLOPs (at that model's input size) are closest to level x
 base; width, resolution, joint and depth models further than MATCH_TOLERANCE are refused before anything
