@@ -98,6 +98,28 @@ def test_registry_names_filter_and_unknown_model():
     assert not nondeep.is_model("resnet9000")
 
 
+def test_the_command_line_starts_without_torchvision_scipy_or_matplotlib():
+    """Each costs 1-2.5 s at every `nondeep` call: a family, dataset or lab that needs one imports it on use. A
+    lazily registered model is listed before its module is imported, and builds when asked for."""
+    script = ("import sys; import nondeep.cli, nondeep.train, nondeep.data; nondeep.cli.build_parser()\n"
+              "heavy = [m for m in ('torchvision', 'scipy', 'matplotlib', 'torch._dynamo') if m in sys.modules]\n"
+              "assert not heavy, heavy\n"
+              "assert 'resnet18_small_image' in nondeep.list_models() and 'nondeep.models.resnet_small' not in sys.modules\n"
+              "model = nondeep.create_model('resnet18_small_image', num_classes=3)\n"
+              "assert type(model).__name__ == 'SmallImageResNet' and model.fc.out_features == 3\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_lazy_name_its_module_does_not_register_is_an_error(monkeypatch):
+    from nondeep.models import _registry
+
+    monkeypatch.setitem(_registry._lazy, "not_in_json", "json")
+    assert "not_in_json" in list_models()
+    with pytest.raises(RuntimeError, match="json was to register 'not_in_json'"):
+        create_model("not_in_json")
+
+
 def test_create_model_drops_none_kwargs_and_rejects_pretrained():
     model = create_model("parnet_tiny", num_classes=None, drop_rate=None)
     assert model.num_classes == 10 and model.pretrained_cfg["architecture"] == "parnet_tiny"

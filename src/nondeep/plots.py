@@ -1,20 +1,32 @@
-"""Plots written as PNG files (matplotlib, no display needed)."""
+"""Plots written as PNG files (matplotlib, no display needed).
+
+matplotlib is imported on the first plot, not with this module: the CLI imports every command's module to
+build its parser, and pyplot would add about a second to every `nondeep` call."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import matplotlib
+from .report import atomic_write_bytes
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .report import atomic_write_bytes  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def save_figure(fig: "plt.Figure", path: str | Path) -> None:
+def _subplots(*args: Any, **kwargs: Any) -> tuple["Figure", Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig: "Figure", path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -25,7 +37,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, ti
                          eval_label: str = "eval") -> None:
     """Loss (train, eval) and top-1 accuracy (train, eval) against epoch; eval_label names the eval split."""
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc) = _subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ax_loss.plot(epochs, [r.get("eval_loss") for r in history], "o-", label=eval_label)
     ax_loss.set(xlabel="epoch", ylabel="loss")
@@ -43,7 +55,7 @@ def plot_scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: str | P
                  title: str = "", xlabel: str | None = None, ylabel: str | None = None,
                  hlines: dict[str, float] | None = None, logx: bool = False) -> None:
     """One labelled point per row (e.g. accuracy vs latency), with optional horizontal reference lines."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = _subplots(figsize=(6.5, 4.5))
     for row in points:
         ax.scatter(row[x], row[y])
         ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -63,7 +75,7 @@ def plot_fronts(points: Sequence[dict[str, Any]], x: str, y: str, yerr: str, gro
     """Per `group` (a colour each): its points with vertical error bars, the ones flagged by `front` joined in
     x order (a Pareto front: lower x, higher y; or, every point flagged, a curve); every point labelled with
     `annotate` (e.g. depth)."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = _subplots(figsize=(8, 5.5))
     for i, name in enumerate(sorted({p[group] for p in points})):
         colour = f"C{i}"
         members = [p for p in points if p[group] == name]
@@ -86,7 +98,7 @@ def plot_errorbars(rows: Sequence[dict[str, Any]], x: str, y: str, yerr: str, pa
                    logx: bool = False) -> None:
     """One labelled point per row with a vertical error bar (e.g. mean accuracy ± its 95% interval); a row
     without an interval (one seed) gets none."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = _subplots(figsize=(6.5, 4.5))
     for row in rows:
         ax.errorbar(row[x], row[y], yerr=row.get(yerr) or 0.0, fmt="o", capsize=4)
         ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -102,7 +114,7 @@ def plot_curves(curves: dict[str, Sequence[Sequence[float]]], path: str | Path, 
     """Per name, the mean of its curves against epoch with a band of ± one standard deviation across them."""
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _subplots(figsize=(7, 4.5))
     for name, runs in curves.items():
         length = min(len(r) for r in runs)
         values = np.array([r[:length] for r in runs], dtype=float)

@@ -9,7 +9,6 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
 
@@ -46,6 +45,8 @@ def estimate(values: Sequence[float], confidence: float = CONFIDENCE) -> Estimat
     if len(values) == 1:
         return Estimate(1, mean, None, None, None)
     std = statistics.stdev(values)
+    from scipy import stats as scipy_stats  # here, not at import: scipy.stats takes 1-2 s to load
+
     half = scipy_stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * std / math.sqrt(len(values))
     return Estimate(len(values), mean, std, mean - half, mean + half)
 
@@ -83,6 +84,8 @@ def welch(a: Sequence[float], b: Sequence[float], name_a: str = "A", name_b: str
         return Difference(name_a, name_b, diff, None, None, None, None)
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
         return Difference(name_a, name_b, diff, diff, diff, None, None)
+    from scipy import stats as scipy_stats
+
     result = scipy_stats.ttest_ind(a, b, equal_var=False)
     interval = result.confidence_interval(confidence)
     return Difference(name_a, name_b, diff, float(interval.low), float(interval.high), float(result.df),

@@ -18,16 +18,18 @@ import os
 import signal
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision import datasets, transforms
 
 from ..errors import DatasetError
 from .sampling import epoch_indices, holdout_split, mix_seed, shard_size
 from .tensor_loader import Augment
+
+if TYPE_CHECKING:  # torchvision is imported where a folder is read: ~2.5 s that the other datasets never need
+    from torchvision import datasets
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's
 GREY_MEAN, GREY_STD = (sum(MEAN) / 3,), (sum(STD) / 3,)  # for grey trees: the average of the colour ones
@@ -73,6 +75,8 @@ def normalisation(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def scan(root: Path) -> datasets.ImageFolder:
     """The ImageFolder of `root` (no transform); DatasetError unless it has images in two classes or more."""
+    from torchvision import datasets
+
     try:
         folder = datasets.ImageFolder(str(root), loader=load_image)
     except (FileNotFoundError, ValueError) as err:  # no class folders, or a class folder without images
@@ -87,6 +91,8 @@ def scan(root: Path) -> datasets.ImageFolder:
 def train_transform(image_size: int, augment: Augment, in_chans: int = 3) -> Callable:
     """Crop (small images: pad by augment.crop_padding and crop; large: RandomResizedCrop; none when
     crop_padding is 0) + flip, tensor, normalise, optional random erasing."""
+    from torchvision import transforms
+
     if image_size <= SMALL_IMAGE:
         steps: list[Any] = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
         if augment.crop_padding:
@@ -105,6 +111,8 @@ def train_transform(image_size: int, augment: Augment, in_chans: int = 3) -> Cal
 
 
 def eval_transform(image_size: int, in_chans: int = 3) -> Callable:
+    from torchvision import transforms
+
     resize = image_size if image_size <= SMALL_IMAGE else math.floor(image_size / CROP_PCT)
     return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.ToTensor(),
                                transforms.Normalize(*normalisation(in_chans))])

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -29,6 +30,7 @@ Builder = Callable[..., nn.Module]
 
 _builders: dict[str, Builder] = {}
 _default_cfgs: dict[str, dict[str, Any]] = {}
+_lazy: dict[str, str] = {}  # name -> the module whose import registers it (register_lazy)
 _patterns: list[tuple[re.Pattern[str], Callable[[re.Match[str]], tuple[Builder, dict[str, Any]]], dict[str, Any]]] = []
 
 
@@ -58,6 +60,7 @@ def register_model(fn: Builder | None = None, *, cfg: dict[str, Any] | None = No
         name = builder.__name__
         if name in _builders:
             raise ValueError(f"model {name!r} is registered twice")
+        _lazy.pop(name, None)
         _builders[name] = builder
         _default_cfgs[name] = dict(cfg or default_cfg())
         return builder
@@ -71,9 +74,17 @@ def register_model_pattern(pattern: str, resolve: Callable[[re.Match[str]], tupl
     _patterns.append((re.compile(pattern), resolve, dict(cfg or default_cfg())))
 
 
+def register_lazy(module: str, names: Sequence[str]) -> None:
+    """`names` are registered by importing `module`, which happens when one of them is first resolved: a family
+    whose module needs a slow import (torchvision and the torch._dynamo it loads, ~2.5 s) then costs nothing
+    to `import nondeep` and to every command that does not build it."""
+    for name in names:
+        _lazy[name] = module
+
+
 def list_models(filter: str = "") -> list[str]:
     """Registered names, sorted; `filter` takes shell wildcards (`"parnet_*"`)."""
-    names = sorted(_builders)
+    names = sorted({*_builders, *_lazy})
     return [n for n in names if fnmatch.fnmatch(n, filter)] if filter else names
 
 
@@ -178,6 +189,11 @@ def _resolve_external(name: str) -> tuple[Builder, dict[str, Any], dict[str, Any
 def _resolve(name: str) -> tuple[Builder, dict[str, Any], dict[str, Any]]:
     if name.startswith(EXTERNAL_PREFIXES):
         return _resolve_external(name)
+    if name in _lazy:
+        module = _lazy[name]
+        importlib.import_module(module)
+        if name not in _builders:
+            raise RuntimeError(f"{module} was to register {name!r} and did not")
     if name in _builders:
         return _builders[name], {}, _default_cfgs[name]
     for pattern, resolve, cfg in _patterns:
@@ -185,7 +201,7 @@ def _resolve(name: str) -> tuple[Builder, dict[str, Any], dict[str, Any]]:
         if match:
             builder, kwargs = resolve(match)
             return builder, kwargs, cfg
-    close = difflib.get_close_matches(name, list(_builders), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UnknownModelError(f"unknown model {name!r}{hint} (`nondeep models` lists them all)")
 
