@@ -35,6 +35,7 @@ for module in "${MODULES[@]}"; do
     echo "[mutmut]"
     echo "source_paths=src/"
     echo "only_mutate=src/nondeep/$module"
+    echo "pytest_add_cli_args=-n0"  # in-process: mutmut's hooks see no pytest-xdist worker (pyproject's -n auto)
     echo "pytest_add_cli_args_test_selection="
     for t in $tests; do echo "    $t"; done
     echo "process_isolation=forkserver"  # torch is not fork-safe after pytest has run in the parent

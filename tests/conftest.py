@@ -1,12 +1,26 @@
+import os
+
 import pytest
 import torch
 
 from reference_cases import randomize_bn  # noqa: F401 - shared with the reference-output script
 
 
+# pytest-xdist runs the suite in one process per core (pyproject's addopts): each gets its share of the cores,
+# so that two workers' thread pools do not fight over the same two.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+TEST_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
+    torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture
+def two_threads():
+    """For tests whose subject is the thread count (forms timed on 2 and on 1 threads, streams splitting 2)."""
     torch.set_num_threads(2)
 
 

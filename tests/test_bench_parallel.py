@@ -15,6 +15,7 @@ from nondeep.errors import NondeepError
 from nondeep.parallel import DeviceUnavailableError, NotStreamParallelError, StreamParallel
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def _tiny(num_streams, fused, seed=0):

@@ -135,15 +135,41 @@ def test_an_unreachable_ray_address_is_refused_in_one_line(tiny_fashion, tmp_pat
     assert not (tmp_path / "lab").exists()
 
 
-def listening() -> set[tuple[str, str]]:
-    """(address, port) of the TCP sockets listening on this machine (Linux /proc, hex as the kernel writes it)."""
+def _descendants(pid: int) -> set[int]:
+    """pid and every process below it (Linux /proc)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = {pid}, {pid}
+    while frontier:
+        frontier = {child for child, ppid in parent.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def listening_below(pid: int) -> set[tuple[str, str]]:
+    """(address, port) of the TCP sockets listening in `pid` or its children (Linux /proc, hex as the kernel
+    writes it): other tests' servers, in other pytest-xdist workers, are not ours."""
+    inodes = set()
+    for process in _descendants(pid):
+        for fd in Path(f"/proc/{process}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     found = set()
     for name in ("tcp", "tcp6"):
         path = Path("/proc/net") / name
         for line in path.read_text().splitlines()[1:] if path.exists() else []:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A":
-                found.add(tuple(local.split(":")))
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                found.add(tuple(fields[1].split(":")))
     return found
 
 
@@ -152,11 +178,11 @@ LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "0000000000000000000
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One Ray instance with 2 CPUs for this module, started as nondeep starts its own."""
-    before = listening()
+    """One Ray instance with 2 CPUs for this module, started as nondeep starts its own; yields the sockets it
+    listens on."""
     executor.start_local_ray(num_cpus=2)
     import ray
-    yield listening() - before
+    yield listening_below(os.getpid())
     ray.shutdown()
 
 

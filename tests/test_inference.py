@@ -22,6 +22,7 @@ from nondeep.parallel import DeviceUnavailableError, NotStreamParallelError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def _fused_tiny(seed=0):
