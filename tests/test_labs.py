@@ -12,6 +12,7 @@ from nondeep import measure
 from nondeep.cli import main
 from nondeep.errors import NondeepError
 from nondeep.experiments._lab import Budget, LabError, match_budget
+from nondeep.experiments._lab_latency import fastest_latency
 from nondeep.experiments._lab_report import compare
 from nondeep.stats import estimate, welch
 from nondeep.experiments.blocks import run_blocks_lab
@@ -21,8 +22,9 @@ from nondeep.experiments.streams import run_streams_lab
 from nondeep.experiments.width_depth import run_width_depth_lab, wrn_for_budget
 from nondeep.models import create_model
 
-def tiny_budget(data_dir, seeds: int = 2) -> Budget:
-    return Budget(epochs=1, max_train_samples=64, seeds=seeds, data_dir=str(data_dir), progress=False)
+def tiny_budget(data_dir, seeds: int = 2, latency_forms=("eager",)) -> Budget:
+    return Budget(epochs=1, max_train_samples=64, seeds=seeds, data_dir=str(data_dir), progress=False,
+                  latency_forms=latency_forms)
 
 
 def check_written(folder, name, models, seeds):
@@ -107,6 +109,13 @@ def test_width_depth_lab_end_to_end_with_seeds(tiny_fashion, tmp_path):
         assert (c["diff"], c["low"], c["high"]) == (expected.diff, expected.low, expected.high)
 
 
+def test_a_model_that_runs_none_of_the_latency_forms_says_how_to_go_on():
+    models = {"wrn_10_1": (create_model("wrn_10_1", in_chans=1), (1, 28, 28))}  # no streams to run side by side
+    with pytest.raises(LabError, match="wrn_10_1 runs none of --latency-forms streams on cpu: start the lab again "
+                                       "with the same --out"):
+        fastest_latency(models, forms=["streams"])
+
+
 def test_a_verdict_is_computed_from_the_data_and_changes_with_it():
     def runs(a, b):
         return ([{"model": "A", "test_accuracy": v} for v in a] + [{"model": "B", "test_accuracy": v} for v in b])
@@ -130,7 +139,8 @@ def test_streams_lab_matched_on_flops(tiny_fashion, tmp_path):
 
 
 def test_ensemble_lab_scores_one_ensemble_per_seed(tiny_fashion, tmp_path):
-    report, folder = run_ensemble_lab(tmp_path / "en", members=2, budget=tiny_budget(tiny_fashion))
+    budget = tiny_budget(tiny_fashion, latency_forms=("eager", "onnxruntime"))
+    report, folder = run_ensemble_lab(tmp_path / "en", members=2, budget=budget)
     models = [r["model"] for r in report["rows"]]
     assert [r["kind"] for r in report["rows"]] == ["parnet", "member", "member", "ensemble"]
     parnet, ensemble = report["rows"][0], report["rows"][3]
@@ -138,6 +148,9 @@ def test_ensemble_lab_scores_one_ensemble_per_seed(tiny_fashion, tmp_path):
     members = [r for r in report["runs"] if r["kind"] == "member"]
     assert sorted(r["seed"] for r in members) == [0, 1, 1000, 1001]  # every member of every ensemble differs
     assert report["comparisons"][0]["a"] == ensemble["model"] and ensemble["seeds"] == 2
+    for row in (parnet, ensemble):  # each timed in the faster of the two forms, which the row names
+        form, threads = row["latency_form"].split(", ")
+        assert form in ("eager", "onnxruntime") and threads in ("1 thread", "2 threads") and row["latency_ms"] > 0
     check_written(folder, "ensemble", models, seeds=2)
 
 
@@ -149,12 +162,13 @@ def test_blocks_lab_matches_parameters_and_pareto_groups_by_budget(tiny_fashion,
     assert plain["width_multiplier"] > sse["width_multiplier"] == 1.0
     assert plain["fused_params"] < plain["params"]  # fusion folds the plain blocks' BN into their convs
 
-    pareto, out = run_pareto_lab(tmp_path, out=tmp_path / "front")
+    pareto, out = run_pareto_lab(tmp_path, out=tmp_path / "front", forms=["eager"])
     assert len(pareto["rows"]) == 2 and {r["seeds"] for r in pareto["rows"]} == {2}  # seeds pooled per model
     assert {r["budget"] for r in pareto["rows"]} == {"1 epoch(s) x 64 images"}
     best = max(pareto["rows"], key=lambda r: r["test_accuracy"])
     fastest = min(pareto["rows"], key=lambda r: r["latency_ms"])
     assert best["front_acc_latency"] and fastest["front_acc_latency"]  # the extremes are never dominated
+    assert all(r["latency_form"].startswith("eager, ") for r in pareto["rows"])
     assert (out / "pareto.png").is_file() and (out / "pareto.md").is_file()
 
 
@@ -191,18 +205,22 @@ def test_lab_commands_are_listed(capsys):
 
 def test_lab_command_line_runs(tiny_fashion, tmp_path, capsys):
     assert main(["lab", "blocks", "--block-types", "plain", "--epochs", "1", "--max-train-samples", "32",
-                 "--seeds", "2", "--data-dir", str(tiny_fashion), "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
+                 "--seeds", "2", "--data-dir", str(tiny_fashion), "--out", str(tmp_path / "cli"), "--no-progress",
+                 "--latency-forms", "channels_last"]) == 0
     printed = capsys.readouterr().out
     assert "written under" in printed
     report = json.loads((tmp_path / "cli" / "blocks.json").read_text())
     assert report["meta"]["command"].endswith("--max-train-samples 32 --seeds 2 --seed 0 --val-split 0.1 --data-dir "
-                                              + str(tiny_fashion))
+                                              + str(tiny_fashion) + " --latency-forms channels_last")
+    assert report["rows"][0]["latency_form"].startswith("channels_last, ")
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--match", "flops", "--budget-target", "1000"], "cannot match"),
     (["--val-split", "0.999"], "val_split 0.999 leaves"),
+    (["--latency-forms", "graph"], "'graph' is not a form this device runs"),  # a GPU form, before training
+    (["--latency-forms", "eagre"], "'eagre' is not a form this device runs"),
 ])
 def test_a_lab_refuses_bad_options_in_one_line_and_writes_nothing(tiny_fashion, tmp_path, capsys, flags, message):
     out = tmp_path / "lab"
@@ -239,11 +257,15 @@ def test_the_readme_table_is_generated_from_the_reports(tmp_path, capsys):
                        "command": "nondeep lab blocks", "date": "2026-11-28T21:00:00",
                        "machine": {"cpu": "X", "cores": 2, "threads": 1, "gpu": None, "torch": "2.14"}},
               "rows": [{"model": "a", "test_accuracy": 91.234, "ci95": 0.5, "latency_ms": 2.0},
-                       {"model": "b", "test_accuracy": 90.0, "ci95": None}],
+                       {"model": "b", "test_accuracy": 90.0, "ci95": None},
+                       {"model": "c", "test_accuracy": 89.0, "ci95": 0.25, "latency_ms": 1.5,
+                        "latency_form": "onnxruntime, 1 thread"}],
               "comparisons": [{"verdict": "a vs b: no detectable difference at this budget"}]}
     (tmp_path / "blocks.json").write_text(json.dumps(report))
     (tmp_path / "latency.json").write_text(json.dumps({"rows": []}))  # not a lab report: skipped
     assert main(["lab", "summary", str(tmp_path)]) == 0
     table = capsys.readouterr().out.strip().splitlines()
-    assert len(table) == 3 and "a 91.23 ± 0.50 (2.00 ms); b 90.00" in table[2]
+    # a report without latency_form was timed before labs chose the fastest form: fused eager
+    assert len(table) == 3 and ("a 91.23 ± 0.50 (2.00 ms, fused eager); b 90.00; "
+                                "c 89.00 ± 0.25 (1.50 ms, onnxruntime, 1 thread)") in table[2]
     assert "matched on params" in table[2] and "no detectable difference" in table[2]

@@ -67,7 +67,8 @@ def test_joint_shares_are_normalised_and_width_must_take_part():
 def test_scaling_lab_end_to_end_with_two_seeds(tiny_fashion, tmp_path, monkeypatch):
     """At 2x: the resolution model trains on 40x40 images and is compared with the WRN grown by depth; the
     streams axis cannot reach 2x at depth 12, so it is listed and not trained (4 runs in all, to stay fast)."""
-    budget = Budget(epochs=1, max_train_samples=64, seeds=2, data_dir=str(tiny_fashion), progress=False)
+    budget = Budget(epochs=1, max_train_samples=64, seeds=2, data_dir=str(tiny_fashion), progress=False,
+                    latency_forms=("eager",))
     report, folder = run_scaling_lab(tmp_path / "sc", levels=(2,), axes=("resolution", "streams"), budget=budget)
     models = ["resolution 40px", "WRN-16-1.85"]
     check_written(folder, "scaling", models, seeds=2)

@@ -1,7 +1,7 @@
 """What the training labs share: a budget (data, epochs, images, seeds, threads), the runs of a lab (each model
-once per seed, each in its own folder, finished runs reused when a lab is started again), the fused models'
-batch-1 latency timed side by side, and the search that matches models on parameters or FLOPs. The report
-(aggregation over seeds, intervals, verdicts, files) is in _lab_report.py."""
+once per seed, each in its own folder, finished runs reused when a lab is started again), the forms the
+latency column may choose from, and the search that matches models on parameters or FLOPs. The latency column
+is _lab_latency.py; the report (aggregation over seeds, intervals, verdicts, files) is _lab_report.py."""
 
 from __future__ import annotations
 
@@ -21,13 +21,10 @@ import torch
 from torch import nn
 
 from .. import measure
-from ..bench import Candidate, module_candidate
-from ..checkpoint import load_model
 from ..distill import distill
 from ..errors import NondeepError
 from ..models import create_model
 from ..reparam import reparameterize_model
-from ..timing import summarize, time_sections
 from ..report import format_table, write_json
 from ..train import config_from_dict, train
 from .executor import CPU_WORKERS, EXECUTORS, Failure, StopLab, execute, plan_for
@@ -62,12 +59,20 @@ class Budget:
     executor: str = "local"             # where the runs train (executor.py); the results do not depend on it
     workers: int | None = None          # local: runs at once (default: one per GPU, or the cores at --threads each)
     ray_address: str | None = None
+    latency_forms: tuple[str, ...] | None = None  # the inference forms the latency column chooses from (None: all)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise LabError(f"--seeds must be at least 1 (3 or more to get intervals worth reading), got {self.seeds}")
         if self.epochs < 1:
             raise LabError(f"--epochs must be at least 1, got {self.epochs}")
+        from ..inference import CPU_FORMS, GPU_FORMS  # checked here: a bad form would otherwise fail after training
+
+        usable = GPU_FORMS if on_gpu(self.device) else CPU_FORMS
+        for form in self.latency_forms or ():
+            if form not in usable:
+                raise LabError(f"--latency-forms: {form!r} is not a form this device runs; choose from "
+                               f"{', '.join(usable)}")
 
     @property
     def seed_list(self) -> list[int]:
@@ -80,6 +85,7 @@ class Budget:
         parts += ["--threads", str(self.threads)] if self.threads else []
         parts += ["--device", self.device] if self.device != "auto" else []
         parts += ["--data-dir", self.data_dir] if self.data_dir else []
+        parts += ["--latency-forms", *self.latency_forms] if self.latency_forms else []
         return parts
 
     def describe(self) -> str:
@@ -111,6 +117,7 @@ def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_
                    "same --out reuses the runs it finished")
     p.add_argument("--results", help=f"also copy {name}.json/.md/.png here (e.g. docs/results)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    add_latency_forms_arg(p)
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: concurrent runs on this machine; ray: each run a Ray task (pip install "
                         "'nondeep[ray]'); see docs/executors.md (default: %(default)s)")
@@ -120,6 +127,12 @@ def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_
     p.add_argument("--ray-address", help="the Ray cluster to submit to, e.g. 10.0.0.5:6379 (default: a Ray "
                    "instance started for the lab on 127.0.0.1); --out must be storage its nodes share")
     p.set_defaults(lab_defaults={"epochs": epochs, "max_train_samples": max_train_samples})
+
+
+def add_latency_forms_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latency-forms", nargs="+", metavar="FORM",
+                   help="the inference forms among which each model's latency takes its fastest (default: every "
+                        "form the device runs; `nondeep bench --help` lists them)")
 
 
 def on_gpu(device: str) -> bool:
@@ -133,7 +146,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     images = args.max_train_samples if args.max_train_samples is not None else default["max_train_samples"]
     return Budget(epochs=epochs, max_train_samples=images or None, seeds=args.seeds, seed=args.seed,
                   val_split=args.val_split, data_dir=args.data_dir, threads=args.threads, device=args.device,
-                  progress=args.progress, executor=args.executor, workers=args.workers, ray_address=args.ray_address)
+                  progress=args.progress, executor=args.executor, workers=args.workers, ray_address=args.ray_address,
+                  latency_forms=tuple(args.latency_forms) if args.latency_forms else None)
 
 
 def lab_folder(out: str | Path | None, name: str) -> Path:
@@ -293,34 +307,6 @@ def _history(out: Path) -> list[dict[str, float]]:
     import csv
     with open(out / "metrics.csv", newline="") as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-
-
-def checkpoint_candidate(path: str | Path, label: str) -> Candidate:
-    """The fused (inference-form) model of a checkpoint, as a batch-1 latency candidate."""
-    model, meta = load_model(path)
-    input_size = (meta["data"]["in_chans"], *meta["data"]["image_size"])
-    return module_candidate(reparameterize_model(model).eval(), label, "fused", input_size)
-
-
-def time_side_by_side(candidates: Sequence[Candidate], threads: int | None = None,
-                      repeats: int = 50) -> dict[str, measure.Latency]:
-    """Batch-1 latency of each candidate, timed in interleaved rounds; {candidate.model: Latency}. No roof is
-    measured (a lab reports latency, not a fraction of the device's peak rate)."""
-    threads = threads or torch.get_num_threads()
-    fns = {c.model: (lambda c=c, x=torch.randn(1, *c.input_size): c.fn(x)) for c in candidates}
-    with torch.inference_mode():
-        times, _ = time_sections({"labs": (threads, fns)}, repeats, warmup=5, device=torch.device("cpu"))
-    return {name: summarize(t, batch_size=1) for name, t in times.items()}
-
-
-def latency_by_model(per_seed: Sequence[dict[str, Any]], threads: int | None = None) -> dict[str, float]:
-    """Each model's fused batch-1 median latency (ms), one checkpoint per model (the seeds share the
-    architecture), all timed side by side."""
-    first = {}
-    for row in per_seed:
-        first.setdefault(row["model"], row["checkpoint"])
-    timed = time_side_by_side([checkpoint_candidate(path, label) for label, path in first.items()], threads=threads)
-    return {label: timed[label].median_ms for label in first}
 
 
 def cost_of(match: str, input_size: Sequence[int]) -> Callable[[nn.Module], int]:

@@ -20,7 +20,7 @@ ACCURACY = "test_accuracy"  # what a lab compares: the final model's test accura
 _COST_COLUMNS = ("depth", "params", "fused_params", "mflops", "steps", "train_images")
 
 
-def aggregate(per_seed: Sequence[dict[str, Any]], latency: dict[str, float] | None = None,
+def aggregate(per_seed: Sequence[dict[str, Any]], latency: dict[str, dict[str, Any]] | None = None,
               extra_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One row per model (in first-seen order): its columns, cost, latency and the mean ± 95% CI of the test
     accuracy (final model and the one chosen on validation) over its seeds."""
@@ -38,7 +38,7 @@ def aggregate(per_seed: Sequence[dict[str, Any]], latency: dict[str, float] | No
                "accuracy": acc.as_dict(), "chosen_on_val_test_accuracy": estimate(chosen).mean if chosen else None,
                "converged": flattened([r.get("val_curve") or [] for r in runs])}
         if latency is not None and label in latency:
-            row["latency_ms"] = latency[label]
+            row.update(latency[label])  # latency_ms and latency_form
         rows.append(row)
     return rows
 

@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..models.blocks import BLOCK_TYPES
-from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, lab_folder,
-                   latency_by_model, model_cost, run_all)
+from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, lab_folder, model_cost,
+                   run_all)
+from ._lab_latency import LATENCY_NOTE, latency_by_model
 from ._lab_report import aggregate, lab_report, publish
 from .streams import INPUT_SIZE, parnet_for_budget
 
 NAME = "blocks"
 COLUMNS = ["model", "block_type", "width_multiplier", "depth", "params", "fused_params", "mflops", "steps", "seeds",
-           "test_accuracy", "ci95", "chosen_on_val_test_accuracy", "converged", "latency_ms"]
+           "test_accuracy", "ci95", "chosen_on_val_test_accuracy", "converged", "latency_ms", "latency_form"]
 
 
 def run_blocks_lab(out: str | Path | None = None, block_types: Sequence[str] = BLOCK_TYPES,
@@ -40,18 +41,18 @@ def run_blocks_lab(out: str | Path | None = None, block_types: Sequence[str] = B
                         {"block_type": block_type, "width_multiplier": multiplier}))
     folder = lab_folder(out, NAME)
     per_seed = run_all(folder, runs, budget)
-    rows = aggregate(per_seed, latency_by_model(per_seed, budget.threads),
+    rows = aggregate(per_seed, latency_by_model(per_seed, budget),
                      extra_columns=["block_type", "width_multiplier"])
     reference = next((r.label for r in runs if r.columns["block_type"] == "rep_sse"), runs[0].label)
     report = lab_report(NAME, budget, [*command, "--block-types", *block_types, "--base", base,
                         "--match", match, *budget.flags()], started, per_seed, rows,
                         [(r.label, reference) for r in runs if r.label != reference], matched=match, match_target=target)
     notes = ("Each block type takes the width multiplier whose net is closest to the rep_sse net's matched "
-             "quantity. params: training form; fused_params: after reparameterisation. latency_ms is the fused "
-             "model's batch-1 median, all models timed side by side; rep_sse keeps its gated BN branch after fusion.")
+             "quantity. params: training form; fused_params: after reparameterisation. " + LATENCY_NOTE + "; rep_sse "
+             "keeps its gated BN branch after fusion.")
     publish(report, folder, results, "RepVGG-SSE vs RepVGG (no SSE) vs plain blocks (nondeep lab blocks)", COLUMNS,
             notes, plot=dict(x="latency_ms", y="test_accuracy", title=f"Fashion-MNIST: block types, matched on {match}",
-                             xlabel="fused batch-1 latency (ms)", ylabel="test accuracy (%), mean ± 95% CI"))
+                             xlabel="batch-1 latency, fastest form (ms)", ylabel="test accuracy (%), mean ± 95% CI"))
     return report, folder
 
 

@@ -15,20 +15,19 @@ import torch
 from torch import nn
 
 from .. import measure
-from ..bench import module_candidate
 from ..checkpoint import load_model
 from ..data import build_test_loader
 from ..reparam import reparameterize_model
 from ..train.evaluate import evaluate
-from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, checkpoint_candidate, lab_folder,
-                   model_cost, run_all, time_side_by_side)
+from ._lab import Budget, Run, add_common_args, budget_from_args, check_matched, lab_folder, model_cost, run_all
+from ._lab_latency import LATENCY_NOTE, checkpoint_model, fastest_latency, latency_device
 from ._lab_report import aggregate, lab_report, publish
 from .streams import INPUT_SIZE, parnet_for_budget
 
 NAME = "ensemble"
 MEMBER_SEED_STRIDE = 1000  # member i of the ensemble for seed s trains with seed s + 1000 i
 COLUMNS = ["model", "kind", "depth", "params", "mflops", "steps", "seeds", "test_accuracy", "ci95", "converged",
-           "latency_ms"]
+           "latency_ms", "latency_form"]
 
 
 class SoftmaxEnsemble(nn.Module):
@@ -78,15 +77,15 @@ def run_ensemble_lab(out: str | Path | None = None, members: int = 3, base: str 
                          "steps": sum(r["steps"] for r in chosen)})
     first_parnet = next(r for r in per_seed if r["kind"] == "parnet")
     first_members = [r["checkpoint"] for r in member_rows[::budget.seeds]]
-    latency = time_side_by_side([checkpoint_candidate(first_parnet["checkpoint"], parnet.label),
-                                 module_candidate(load_ensemble(first_members), label, "fused", INPUT_SIZE)],
-                                threads=budget.threads)
-    rows = aggregate(per_seed, {k: v.median_ms for k, v in latency.items()}, extra_columns=["kind"])
+    latency = fastest_latency({parnet.label: checkpoint_model(first_parnet["checkpoint"]),
+                               label: (load_ensemble(first_members), INPUT_SIZE)},
+                              latency_device(budget.device), budget.threads, budget.latency_forms)
+    rows = aggregate(per_seed, latency, extra_columns=["kind"])
     report = lab_report(NAME, budget, [*command, "--members", str(members), "--base", base,
                         "--match", match, *budget.flags()], started, per_seed, rows,
                         [(label, parnet.label)], matched=match, match_target=total)
-    notes = ("The ensemble averages its members' softmax; its latency runs the fused members one after the other; "
-             "the N-stream ParNet and the ensemble are timed side by side (batch 1). Its params, MFLOPs and steps "
+    notes = ("The ensemble averages its members' softmax, its members run one after the other; " + LATENCY_NOTE
+             + ". Its params, MFLOPs and steps "
              "are the members' sums.")
     publish(report, folder, results, "Ensemble of small nets vs one multi-stream ParNet (nondeep lab ensemble)",
             COLUMNS, notes, plot=dict(x="mflops", y="test_accuracy", title=f"Fashion-MNIST: ensemble vs streams, "

@@ -2,9 +2,10 @@
 folder (each run's summary.json: what `nondeep train`, `quickstart`, `distill`, the labs and the benchmarks
 write). Runs are grouped by budget (epochs, training images): accuracies of different budgets do not compare,
 so each budget gets its own front. Within a budget, the seeds of one model (same name and arguments) are
-pooled into a mean with its 95% interval. The fused models are timed side by side at batch 1 here, one
-checkpoint per model, so the latencies compare across budgets. A model is on its budget's front when no other
-model of that budget is at least as accurate (mean), as shallow and as fast, and strictly better in one."""
+pooled into a mean with its 95% interval. The models are timed side by side at batch 1 here, each in its
+fastest form (_lab_latency.py), one checkpoint per model, so the latencies compare across budgets. A model is
+on its budget's front when no other model of that budget is at least as accurate (mean), as shallow and as
+fast, and strictly better in one."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from ..errors import NondeepError
 from ..plots import plot_fronts
 from ..report import format_table, write_json, write_text
 from ..stats import estimate
-from ._lab import checkpoint_candidate, describe_machine, machine, time_side_by_side
+from ._lab import add_latency_forms_arg, describe_machine, machine
+from ._lab_latency import LATENCY_NOTE, checkpoint_model, fastest_latency
 
 NAME = "pareto"
-COLUMNS = ["budget", "model", "seeds", "test_accuracy", "ci95", "depth", "params", "latency_ms", "front",
-           "front_acc_latency", "runs"]
+COLUMNS = ["budget", "model", "seeds", "test_accuracy", "ci95", "depth", "params", "latency_ms", "latency_form",
+           "front", "front_acc_latency", "runs"]
 
 
 def budget_key(summary: dict[str, Any]) -> str:
@@ -79,14 +81,16 @@ def pareto_front(rows: Sequence[dict[str, Any]], keys: Sequence[tuple[str, int]]
 
 
 def run_pareto_lab(results_dir: str | Path, out: str | Path | None = None, data: str = "fashion-mnist",
-                   threads: int | None = None, command: Sequence[str] = ()) -> tuple[dict[str, Any], Path]:
+                   threads: int | None = None, command: Sequence[str] = (),
+                   forms: Sequence[str] | None = None) -> tuple[dict[str, Any], Path]:
     started = time.perf_counter()
     rows = collect_runs(results_dir, data)
     out = Path(out or results_dir)
     keys = [f"{r['budget']} | {r['model']}" for r in rows]
-    latency = time_side_by_side([checkpoint_candidate(r["checkpoint"], k) for r, k in zip(rows, keys)], threads=threads)
+    latency = fastest_latency({k: checkpoint_model(r["checkpoint"]) for r, k in zip(rows, keys)}, threads=threads,
+                              forms=forms)
     for row, key in zip(rows, keys):
-        row["latency_ms"] = latency[key].median_ms
+        row.update(latency[key])
     for budget in {r["budget"] for r in rows}:
         group = [r for r in rows if r["budget"] == budget]
         three = pareto_front(group, [("test_accuracy", 1), ("depth", -1), ("latency_ms", -1)])
@@ -115,28 +119,30 @@ def write_outputs(report: dict[str, Any], folder: Path) -> None:
                f"- machine: {describe_machine(meta['machine'])}; date {meta['date']}\n\n{format_table(rows, COLUMNS)}\n\n"
                "test_accuracy: mean over the model's runs (seeds) of that budget; ci95: half width of its 95% "
                "Student-t interval (empty for one run). front: not dominated within its budget in (accuracy, "
-               "measured depth, latency); front_acc_latency: in (accuracy, latency). latency_ms: fused model, "
-               "batch 1, median, every model timed side by side in interleaved rounds.\n")
+               "measured depth, latency); front_acc_latency: in (accuracy, latency). " + LATENCY_NOTE + " (on this "
+               "machine's CPU).\n")
     plot_fronts(rows, "latency_ms", "test_accuracy", "ci95", "budget", "front_acc_latency", folder / f"{NAME}.png",
                 annotate="depth", title=f"{meta['data']}: accuracy vs batch-1 latency, one front per budget "
-                "(label: measured depth)", xlabel="fused batch-1 latency (ms)",
+                "(label: measured depth)", xlabel="batch-1 latency, fastest form (ms)",
                 ylabel="test accuracy (%), mean ± 95% CI")
 
 
 def cmd_pareto(args: argparse.Namespace) -> None:
     command = ["nondeep", "lab", NAME, args.results_dir, *(["--out", args.out] if args.out else []),
-               *(["--threads", str(args.threads)] if args.threads else [])]
+               *(["--threads", str(args.threads)] if args.threads else []),
+               *(["--latency-forms", *args.latency_forms] if args.latency_forms else [])]
     report, out = run_pareto_lab(args.results_dir, out=args.out, data=args.data, threads=args.threads,
-                                 command=command)
+                                 command=command, forms=args.latency_forms)
     print(format_table(report["rows"], COLUMNS))
     print(f"\nwritten under {out}: {NAME}.json, {NAME}.md, {NAME}.png")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(NAME, help="the accuracy-depth-latency Pareto front of each budget over every run under a "
-                       "folder (times each fused model)")
+                       "folder (times each model in its fastest form)")
     p.add_argument("results_dir", help="folder searched (recursively) for runs' summary.json")
     p.add_argument("--data", default="fashion-mnist", help="only runs on this dataset (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch CPU threads for the timing (default: torch's choice)")
     p.add_argument("--out", help="where pareto.json/.md/.png go (default: RESULTS_DIR)")
+    add_latency_forms_arg(p)
     p.set_defaults(func=cmd_pareto)

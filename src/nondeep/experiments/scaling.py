@@ -18,7 +18,7 @@ trains. The stream count is different: in this ParNet each added stream adds a f
 input-output path (4 streams measure depth 13) and fewer streams measure less (1: 8, 2: 11), so a level no
 depth-12 stream count reaches is not trained and the report lists it as unreachable, with the closest.
 
-Report: per model its measured depth, parameters, FLOPs, training steps, fused eager batch-1 latency and
+Report: per model its measured depth, parameters, FLOPs, training steps, batch-1 latency in its fastest form and
 test accuracy over seeds (mean, 95% interval); per level, the most accurate axis against the runner-up and
 every ParNet axis against the deep reference at that level (Welch intervals, computed verdicts); plots of
 accuracy against FLOPs (<lab>.png) and against latency (<lab>-latency.png), one curve per axis.
@@ -42,7 +42,8 @@ from ..plots import plot_fronts
 from ..reparam import reparameterize_model
 from ..stats import welch
 from ._lab import (MATCH_TOLERANCE, Budget, LabError, Run, add_common_args, budget_from_args, check_matched,
-                   lab_folder, latency_by_model, match_budget, model_cost, run_all)
+                   lab_folder, match_budget, model_cost, run_all)
+from ._lab_latency import LATENCY_NOTE, latency_by_model
 from ._lab_report import ACCURACY, aggregate, lab_report, publish
 from .streams import MULTIPLIER_GRID
 from .width_depth import wrn_for_budget
@@ -64,7 +65,7 @@ WRN_DEPTHS = [6 * n + 4 for n in range(1, 60)]  # WRN-10 ... WRN-358
 CPU_BUDGET = {"epochs": 1, "max_train_samples": 4000}
 COLUMNS = ["model", "axis", "level", "width_multiplier", "image_size", "num_streams", "widen_factor", "depth",
            "params", "mflops", "flops_ratio", "steps", "seeds", "test_accuracy", "ci95",
-           "chosen_on_val_test_accuracy", "converged", "latency_ms"]
+           "chosen_on_val_test_accuracy", "converged", "latency_ms", "latency_form"]
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,7 @@ def curve_points(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def draw(report: dict[str, Any], path: Path) -> None:
-    """<lab>.png: accuracy against fused FLOPs; <lab>-latency.png beside it: against fused eager latency."""
+    """<lab>.png: accuracy against fused FLOPs; <lab>-latency.png: against batch-1 latency (fastest form)."""
     points = curve_points(report)
     common = dict(y="test_accuracy", yerr="ci95", group="axis", front="joined", annotate="level",
                   ylabel="test accuracy (%), mean ± 95% CI", legend_title="grown by", logx=True)
@@ -323,7 +324,7 @@ def draw(report: dict[str, Any], path: Path) -> None:
                 title="Growing a depth-12 ParNet vs growing depth (Fashion-MNIST)", **common)
     timed = [p for p in points if p["latency_ms"] is not None]
     plot_fronts(timed, x="latency_ms", path=path.with_name(path.stem + "-latency.png"),
-                xlabel="batch-1 latency, fused eager (ms)", title="Accuracy against latency", **common)
+                xlabel="batch-1 latency, fastest form (ms)", title="Accuracy against latency", **common)
 
 
 def verdict_notes(report: dict[str, Any]) -> str:
@@ -350,8 +351,7 @@ def verdict_notes(report: dict[str, Any]) -> str:
                   f"as 'no detectable difference'."]
     lines += ["", "Each model is the knob value whose fused FLOPs (one image at its own input size) are closest "
               f"to the level; the tolerance is {MATCH_TOLERANCE:.0%}. Depth is measured (longest conv/linear "
-              "path); latency_ms is the fused model's batch-1 median in eager PyTorch (not the fastest form), one "
-              "checkpoint per model, each at its own input size, all timed side by side in interleaved rounds."]
+              "path); " + LATENCY_NOTE + ", each at its own input size."]
     return "\n".join(lines)
 
 
@@ -365,13 +365,13 @@ def run_scaling_lab(out: str | Path | None = None, base: str = "parnet_tiny", le
     runs = runs_of(base, plan)
     folder = lab_folder(out, NAME)
     per_seed = run_all(folder, runs, budget)
-    rows = aggregate(per_seed, latency_by_model(per_seed, budget.threads),
+    rows = aggregate(per_seed, latency_by_model(per_seed, budget),
                      extra_columns=["axis", "level", "width_multiplier", "image_size", "num_streams", "widen_factor",
                                     "flops_ratio"])
     flags = [*command, "--base", base, "--levels", *(f"{v:g}" for v in levels), "--axes", *axes, "--joint", joint,
              *budget.flags()]
     report = lab_report(NAME, budget, flags, started, per_seed, rows, pairs_against_depth(plan), joint=joint,
-                        base_mflops=round(parnet_flops(base, Point()) / 1e6, 2), latency_form="fused eager")
+                        base_mflops=round(parnet_flops(base, Point()) / 1e6, 2))
     report["plan"] = [{"axis": p.axis, "level": p.level, "model": p.label, "mflops": round(p.flops / 1e6, 2),
                        "reason": p.reason, "shares": realized_shares(base, p.point) if p.axis == "joint" else None}
                       for p in plan]

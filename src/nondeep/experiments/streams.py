@@ -14,7 +14,8 @@ from torch import nn
 
 from ..models import create_model
 from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, cost_of, lab_folder,
-                   latency_by_model, match_budget, model_cost, run_all)
+                   match_budget, model_cost, run_all)
+from ._lab_latency import LATENCY_NOTE, latency_by_model
 from ._lab_report import aggregate, lab_report, publish
 
 NAME = "streams"
@@ -22,7 +23,7 @@ DEFAULT_STREAMS = (1, 2, 3)
 MULTIPLIER_GRID = [round(0.1 + 0.02 * i, 2) for i in range(496)]  # 0.1 to 10
 INPUT_SIZE = (1, 28, 28)
 COLUMNS = ["model", "num_streams", "width_multiplier", "depth", "params", "mflops", "steps", "seeds",
-           "test_accuracy", "ci95", "chosen_on_val_test_accuracy", "converged", "latency_ms"]
+           "test_accuracy", "ci95", "chosen_on_val_test_accuracy", "converged", "latency_ms", "latency_form"]
 
 
 def parnet_for_budget(base: str, num_streams: int, target: int, match: str = "params", num_classes: int = 10,
@@ -57,15 +58,15 @@ def run_streams_lab(out: str | Path | None = None, streams: Sequence[int] = DEFA
                         {"num_streams": n, "width_multiplier": multiplier}))
     folder = lab_folder(out, NAME)
     per_seed = run_all(folder, runs, budget)
-    rows = aggregate(per_seed, latency_by_model(per_seed, budget.threads),
+    rows = aggregate(per_seed, latency_by_model(per_seed, budget),
                      extra_columns=["num_streams", "width_multiplier"])
     reference = max(runs, key=lambda r: r.columns["num_streams"]).label  # the most streams: the paper's choice
     report = lab_report(NAME, budget, [*command, "--streams", *map(str, streams), "--base", base,
                         "--match", match, *budget.flags()], started, per_seed, rows,
                         [(r.label, reference) for r in runs if r.label != reference], matched=match, match_target=target)
     notes = ("Each stream count uses the width multiplier whose model is closest to the matched quantity (widths "
-             "are multiples of 8). Depth is measured; latency_ms is the fused model's batch-1 median with the "
-             "streams run one after the other, one checkpoint per model, all timed side by side.")
+             "are multiples of 8). Depth is measured; " + LATENCY_NOTE
+             + " (the streams form runs a ParNet's streams side by side).")
     publish(report, folder, results, "One stream vs several at a fixed budget (nondeep lab streams)", COLUMNS, notes,
             plot=dict(x="num_streams", y="test_accuracy", title=f"Fashion-MNIST, matched on {match}",
                       xlabel="streams", ylabel="test accuracy (%), mean ± 95% CI"))

@@ -26,6 +26,13 @@ def lab_reports(folder: str | Path) -> list[dict[str, Any]]:
     return reports
 
 
+def _latency(row: dict[str, Any]) -> str:
+    if not row.get("latency_ms"):
+        return ""
+    form = row.get("latency_form") or "fused eager"  # reports written before labs chose the fastest form
+    return f" ({row['latency_ms']:.2f} ms, {form})"
+
+
 def summary_table(reports: list[dict[str, Any]]) -> str:
     """A markdown table, one row per lab, every figure taken from its report."""
     lines = ["| lab | budget | result (test accuracy, mean ± 95% CI over seeds) | verdicts | measured |",
@@ -33,7 +40,7 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
     for report in reports:
         meta = report["meta"]
         results = "; ".join(f"{r['model']} {r['test_accuracy']:.2f}" + (f" ± {r['ci95']:.2f}" if r.get("ci95") else "")
-                            + (f" ({r['latency_ms']:.2f} ms)" if r.get("latency_ms") else "") for r in report["rows"])
+                            + _latency(r) for r in report["rows"])
         verdicts = "; ".join([*(_leader(e) for e in report.get("leaders", [])),  # labs that rank models per level
                               *(c["verdict"] for c in report["comparisons"])])
         matched = f", matched on {meta['matched']}" if meta.get("matched") else ""

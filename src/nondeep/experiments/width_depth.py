@@ -15,7 +15,8 @@ from torch import nn
 
 from ..models import create_model
 from ._lab import (Budget, Run, add_common_args, budget_from_args, check_matched, cost_of, lab_folder,
-                   latency_by_model, match_budget, model_cost, run_all)
+                   match_budget, model_cost, run_all)
+from ._lab_latency import LATENCY_NOTE, latency_by_model
 from ._lab_report import aggregate, lab_report, publish
 
 NAME = "width-depth"
@@ -23,7 +24,7 @@ DEFAULT_DEPTHS = (10, 16, 28, 40)
 WIDEN_GRID = [round(0.25 + 0.01 * i, 2) for i in range(1176)]  # k from 0.25 to 12
 INPUT_SIZE = (1, 28, 28)
 COLUMNS = ["model", "depth", "widen_factor", "params", "mflops", "steps", "seeds", "test_accuracy", "ci95",
-           "chosen_on_val_test_accuracy", "converged", "latency_ms"]
+           "chosen_on_val_test_accuracy", "converged", "latency_ms", "latency_form"]
 
 
 def wrn_for_budget(depth: int, target: int, match: str = "params", num_classes: int = 10,
@@ -49,13 +50,12 @@ def run_width_depth_lab(out: str | Path | None = None, depths: Sequence[int] = D
         runs.append(Run(f"WRN-{depth}-{k:g}", "wide_resnet", {"depth": depth, "widen_factor": k}, {"widen_factor": k}))
     folder = lab_folder(out, NAME)
     per_seed = run_all(folder, runs, budget)
-    rows = aggregate(per_seed, latency_by_model(per_seed, budget.threads), extra_columns=["widen_factor"])
+    rows = aggregate(per_seed, latency_by_model(per_seed, budget), extra_columns=["widen_factor"])
     report = lab_report(NAME, budget, [*command, "--depths", *map(str, depths), "--parnet", parnet,
                         "--match", match, *budget.flags()], started, per_seed, rows,
                         [(run.label, parnet) for run in runs[1:]], matched=match, match_target=target)
     notes = ("Each WRN-n-k takes the k whose model is closest to the ParNet's parameters or FLOPs (the matched "
-             "quantity above). Depth is measured (longest conv/linear path); latency_ms is the fused model's batch-1 "
-             "median, one checkpoint per model, all timed side by side in interleaved rounds.")
+             "quantity above). Depth is measured (longest conv/linear path); " + LATENCY_NOTE + ".")
     publish(report, folder, results, "Width vs depth at a fixed budget (nondeep lab width-depth)", COLUMNS, notes,
             plot=dict(x="depth", y="test_accuracy", title=f"Fashion-MNIST, matched on {match}",
                       xlabel="measured depth", ylabel="test accuracy (%), mean ± 95% CI"))
