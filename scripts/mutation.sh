@@ -17,7 +17,7 @@ WORK="${MUTATION_DIR:-/tmp/nondeep-mutation}"
 # module (under src/nondeep) -> the test files that exercise it
 declare -A TESTS=(
   [train/optim.py]="tests/test_optim.py"
-  [data/sampling.py]="tests/test_data.py tests/test_train_options.py::test_build_loaders_shuffles_the_train_split_per_epoch_and_keeps_the_eval_order"
+  [data/sampling.py]="tests/test_sampling.py tests/test_data.py tests/test_train_options.py::test_build_loaders_shuffles_the_train_split_per_epoch_and_keeps_the_eval_order"
   [data/tensor_loader.py]="tests/test_data.py"
   [checkpoint.py]="tests/test_checkpoint.py"
   [models/blocks.py]="tests/test_block_structure.py tests/test_reparam.py tests/test_reference_outputs.py"
