@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from nondeep.data.tensor_loader import Augment, TensorLoader, cutout_mask
+from nondeep.data.tensor_loader import Augment, TensorLoader, crop_flip, cutout_mask
 
 
 @pytest.mark.parametrize("kwargs", [{"crop_padding": -1}, {"cutout": -1}])
@@ -48,3 +48,17 @@ def test_an_epoch_resumes_at_any_batch_up_to_its_end():
         loader.set_epoch(0, start_batch=4)
     with pytest.raises(ValueError, match=r"start_batch -1 is outside 0\.\.3"):
         loader.set_epoch(0, start_batch=-1)
+
+
+def test_crop_of_a_wide_image_is_a_window_of_its_padded_original_at_every_offset():
+    """Non-square (4 x 6) so rows and columns cannot be mistaken for each other."""
+    x = torch.arange(64 * 4 * 6, dtype=torch.float32).view(64, 1, 4, 6)
+    out = crop_flip(x, 1, False, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    offsets = set()
+    for i in range(64):
+        found = [(dy, dx) for dy in range(3) for dx in range(3)
+                 if torch.equal(out[i], padded[i, :, dy:dy + 4, dx:dx + 6])]
+        assert len(found) == 1
+        offsets.add(found[0])
+    assert offsets == {(dy, dx) for dy in range(3) for dx in range(3)}
