@@ -94,7 +94,7 @@ class Budget:
 
 
 def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_train_samples: int = 20000,
-                    match: Sequence[str] = ()) -> None:
+                    match: Sequence[str] = (), latency: bool = True) -> None:
     p.add_argument("--epochs", type=int, help=f"epochs per run (default: {epochs} on a CPU, "
                    f"{GPU_BUDGET['epochs']} on a GPU)")
     p.add_argument("--max-train-samples", type=int, help=f"train on the first N images, 0 = all (default: "
@@ -117,7 +117,8 @@ def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_
                    "same --out reuses the runs it finished")
     p.add_argument("--results", help=f"also copy {name}.json/.md/.png here (e.g. docs/results)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    add_latency_forms_arg(p)
+    if latency:  # a lab with a latency column
+        add_latency_forms_arg(p)
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: concurrent runs on this machine; ray: each run a Ray task (pip install "
                         "'nondeep[ray]'); see docs/executors.md (default: %(default)s)")
@@ -147,7 +148,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(epochs=epochs, max_train_samples=images or None, seeds=args.seeds, seed=args.seed,
                   val_split=args.val_split, data_dir=args.data_dir, threads=args.threads, device=args.device,
                   progress=args.progress, executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                  latency_forms=tuple(args.latency_forms) if args.latency_forms else None)
+                  latency_forms=tuple(getattr(args, "latency_forms", None) or ()) or None)
 
 
 def lab_folder(out: str | Path | None, name: str) -> Path:

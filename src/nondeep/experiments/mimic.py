@@ -368,5 +368,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "for the others)")
     p.add_argument("--lr-search", action=argparse.BooleanOptionalAction, default=True, help="choose each "
                    "student's rate on validation (--no-lr-search and --quick: its recipe's rate)")
-    add_common_args(p, NAME, epochs=CPU_EPOCHS, max_train_samples=0)
+    add_common_args(p, NAME, epochs=CPU_EPOCHS, max_train_samples=0, latency=False)
     p.set_defaults(func=cmd_mimic)
