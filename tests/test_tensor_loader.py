@@ -1,9 +1,11 @@
-"""data/tensor_loader.py's augmentation settings, the cutout square's geometry and the resume bounds of an epoch
-(the cases mutation testing found unchecked; crop and flip are in test_data.py)."""
+"""data/tensor_loader.py: the loader's defaults and refusals, the augmentation settings, the crop's and the
+cutout square's geometry, and the resume bounds of an epoch: the cases mutation testing found unchecked (the
+loader's batches, shards, views and augmentation statistics are in test_data.py)."""
 
 import pytest
 import torch
 
+from nondeep.data.sampling import epoch_indices
 from nondeep.data.tensor_loader import Augment, TensorLoader, crop_flip, cutout_mask
 
 
@@ -62,3 +64,37 @@ def test_crop_of_a_wide_image_is_a_window_of_its_padded_original_at_every_offset
         assert len(found) == 1
         offsets.add(found[0])
     assert offsets == {(dy, dx) for dy in range(3) for dx in range(3)}
+
+
+def _loader(n=12, **kwargs):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    kwargs.setdefault("batch_size", 4)
+    return TensorLoader(images, kwargs.pop("labels", torch.arange(n, dtype=torch.int32)), mean=(0.0,), std=(1 / 255,),
+                        **kwargs)
+
+
+def test_the_defaults_are_one_unshuffled_pass_with_int64_labels_and_seed_0():
+    xs, ys = zip(*_loader())
+    assert torch.cat(ys).tolist() == list(range(12)) and torch.cat(ys).dtype == torch.int64
+    assert torch.cat(xs)[:, 0, 0, 0].tolist() == list(range(12))  # normalised back to the pixel values
+    shuffled = torch.cat([y for _, y in _loader(shuffle=True)])
+    assert torch.equal(shuffled, epoch_indices(12, seed=0, epoch=0, shuffle=True))
+    assert len(list(_loader(batch_size=1))) == 12  # batch size 1 is allowed
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"images": torch.zeros(4, 1, 2, 2)}, r"images must be uint8 \(N, C, H, W\), got torch.float32 \(4, 1, 2, 2\)"),
+    ({"images": torch.zeros(4, 2, 2, dtype=torch.uint8)}, r"images must be uint8 .*, got torch.uint8 \(4, 2, 2\)"),
+    ({"labels": torch.zeros(3)}, r"need one label per image: \(3,\) labels, 4 images"),
+    ({"mean": (0.0, 0.0)}, r"mean and std need 1 values \(one per channel\)"),
+    ({"std": (1.0, 1.0)}, r"mean and std need 1 values"),
+    ({"views": 0}, "4 images cannot be 0 equal views"),
+    ({"views": 3}, "4 images cannot be 3 equal views"),
+    ({"batch_size": 0}, "bad batch_size 0 or rank 0 of world_size 1"),
+    ({"rank": 2, "world_size": 2}, "bad batch_size 4 or rank 2 of world_size 2"),
+])
+def test_each_bad_argument_is_refused_alone_with_what_was_wrong(kwargs, message):
+    args = dict(images=torch.zeros(4, 1, 2, 2, dtype=torch.uint8), labels=torch.zeros(4), batch_size=4,
+                mean=(0.0,), std=(1.0,))
+    with pytest.raises(ValueError, match=f"^{message}"):
+        TensorLoader(**{**args, **kwargs})
