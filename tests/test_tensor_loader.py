@@ -98,3 +98,47 @@ def test_each_bad_argument_is_refused_alone_with_what_was_wrong(kwargs, message)
                 mean=(0.0,), std=(1.0,))
     with pytest.raises(ValueError, match=f"^{message}"):
         TensorLoader(**{**args, **kwargs})
+
+
+def test_views_each_sample_once_an_epoch_as_a_view_drawn_by_seed_and_epoch():
+    n, views = 40, 2
+    # row k * n + i is view k of sample i: pixel value k * 64 + i names both
+    images = torch.tensor([k * 64 + i for k in range(views) for i in range(n)], dtype=torch.uint8)
+    images = images.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    labels = torch.arange(n).repeat(views)
+
+    def served(seed, epoch):
+        loader = TensorLoader(images, labels, 8, (0.0,), (1 / 255,), shuffle=True, seed=seed, views=views,
+                              with_indices=True)
+        loader.set_epoch(epoch)
+        rows = []
+        for x, y, idx in loader:
+            assert torch.equal(x[:, 0, 0, 0].long(), images[idx, 0, 0, 0].long())  # the index is the row served
+            assert torch.equal(y, labels[idx])
+            rows += idx.tolist()
+        return rows
+
+    rows = served(0, 0)
+    assert sorted(r % n for r in rows) == list(range(n))  # every sample once
+    assert {r // n for r in rows} == set(range(views))  # each view drawn
+    assert rows == served(0, 0)
+    picks = lambda rows: sorted(rows)  # noqa: E731  (which view of each sample, whatever the order)
+    assert picks(served(1, 0)) != picks(rows) and picks(served(0, 1)) != picks(rows)
+
+
+def test_augmentation_is_seeded_by_seed_epoch_rank_and_batch():
+    """Identical images, so that batches differ only by their augmentation draws."""
+    image = torch.randint(0, 255, (1, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images, labels = image.expand(16, 1, 8, 8).contiguous(), torch.zeros(16)
+
+    def batches(seed=0, epoch=0, rank=0):
+        loader = TensorLoader(images, labels, 4, (0.0,), (1.0,), augment=Augment(crop_padding=2, flip=True, cutout=3),
+                              seed=seed, rank=rank, world_size=2)
+        loader.set_epoch(epoch)
+        return [x for x, _ in loader]
+
+    first = batches()
+    assert all(torch.equal(a, b) for a, b in zip(first, batches()))  # reproducible
+    assert not torch.equal(first[0], first[1])  # batch index
+    for other in (batches(seed=1), batches(epoch=1), batches(rank=1)):
+        assert not torch.equal(first[0], other[0])
