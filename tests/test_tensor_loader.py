@@ -144,3 +144,17 @@ def test_augmentation_is_seeded_by_seed_epoch_rank_and_batch():
     assert not torch.equal(first[0], first[1])  # batch index
     for other in (batches(seed=1), batches(epoch=1), batches(rank=1)):
         assert not torch.equal(first[0], other[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cuda_loader_serves_the_cpu_loaders_batches_on_the_gpu():
+    """Everything (images, labels, order, crop, flip, cutout, views) moves to the device; the draws stay the same."""
+    images = torch.randint(0, 255, (24, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.arange(12, dtype=torch.int32).repeat(2)
+    kwargs = dict(shuffle=True, augment=Augment(crop_padding=2, flip=True, cutout=3), views=2, with_indices=True)
+    cpu = list(TensorLoader(images, labels, 4, (0.5,), (0.25,), **kwargs))
+    gpu = list(TensorLoader(images, labels, 4, (0.5,), (0.25,), device="cuda", **kwargs))
+    for (x, y, i), (gx, gy, gi) in zip(cpu, gpu, strict=True):
+        assert gx.is_cuda and gy.is_cuda and gi.is_cuda and gy.dtype == torch.int64
+        assert torch.equal(gy.cpu(), y) and torch.equal(gi.cpu(), i)
+        torch.testing.assert_close(gx.cpu(), x, rtol=0, atol=1e-5)
