@@ -9,8 +9,8 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from conftest import randomize_bn
-from nondeep.checkpoint import (FORMAT, CheckpointError, load_model, load_training_state, read_checkpoint,
-                                save_checkpoint)
+from nondeep.checkpoint import (FORMAT, CheckpointError, load_model, load_training_state, model_from_weights,
+                                read_checkpoint, save_checkpoint)
 from nondeep.models import create_model
 
 META = {"model": "parnet_tiny", "model_kwargs": {"width_multiplier": 0.5, "in_chans": 1}, "step": 3}
@@ -165,14 +165,17 @@ def test_optimizer_state_that_is_not_a_tensor_round_trips(tmp_path):
     params = list(model.parameters())
     optimizer.state[params[0]]["n_iter"] = 7
     optimizer.state[params[3]]["func_evals"] = 2.5
+    optimizer.state[params[2]] = {"n_iter": 1}  # a parameter whose state has no tensor at all
     path = tmp_path / "sgd.safetensors"
     save_checkpoint(path, model, {"model": "mimic_snn_1k", "model_kwargs": {}}, optimizer)
     fresh = torch.optim.SGD(create_model("mimic_snn_1k").parameters(), lr=0.1, momentum=0.9)
     load_training_state(path, create_model("mimic_snn_1k"), fresh)
     state = fresh.state_dict()["state"]
     assert (state[0]["n_iter"], state[3]["func_evals"]) == (7, 2.5) and "n_iter" not in state[1]
+    assert state[2] == {"n_iter": 1}
     for index, values in optimizer.state_dict()["state"].items():
-        assert torch.equal(state[index]["momentum_buffer"], values["momentum_buffer"])
+        if index != 2:
+            assert torch.equal(state[index]["momentum_buffer"], values["momentum_buffer"])
 
 
 def test_training_state_and_models_load_strictly(saved, tmp_path):
@@ -202,3 +205,49 @@ def test_load_model_checks_the_class_count(tmp_path):
     assert load_model(path, num_classes=10)[0].num_classes == 10
     assert load_model(path)[0].num_classes == 10
     assert next(load_model(path, map_location="meta")[0].parameters()).is_meta  # map_location is applied
+
+
+def test_metadata_that_does_not_describe_the_weights_is_one_line_naming_it(monkeypatch):
+    """model_from_weights: the model, its kwargs and the loader's first line of complaint are in the message."""
+    weights = create_model("mimic_snn_1k").state_dict()
+    cases = [({"model": "mimic_snn_1k", "model_kwargs": None},
+              r"^checkpoint ck: its metadata \(model 'mimic_snn_1k' with None\) does not fit its weights "
+              r"\(model_kwargs is not a mapping\): the file was edited"),
+             ({"model": "mimic_snn_1k", "model_kwargs": {"num_classes": 3}},
+              r"with \{'num_classes': 3\}\) does not fit its weights \(Error\(s\) in loading state_dict for "
+              r"ShallowMimicNet:\)")]
+    for meta, message in cases:
+        with pytest.raises(CheckpointError, match=message):
+            model_from_weights("ck", meta, weights)
+    for error, reason in ((ValueError(), "ValueError"), (ValueError("x" * 300), "x" * 160)):
+        def fail(*args, error=error, **kwargs):
+            raise error
+        monkeypatch.setattr("nondeep.models.create_model", fail)
+        with pytest.raises(CheckpointError, match=rf"\({reason}\): the file"):  # no message: the error's type
+            model_from_weights("ck", {"model": "mimic_snn_1k", "model_kwargs": {}}, weights)
+
+
+def test_metadata_recording_other_data_than_the_weights_fit_is_refused():
+    weights = create_model("mimic_snn_1k", in_chans=1).state_dict()
+    meta = {"model": "mimic_snn_1k", "model_kwargs": {"in_chans": 1}}
+    for key, value in (("in_chans", 3), ("num_classes", 7)):
+        with pytest.raises(CheckpointError, match=rf"records data with {key} {value} but its weights are a model "
+                                                  rf"with {key} (1|10): the file was edited"):
+            model_from_weights("ck", {**meta, "data": {key: value}}, weights)
+    fitting = model_from_weights("ck", {**meta, "data": {"in_chans": 1, "num_classes": 10}}, weights)
+    assert (fitting.in_chans, fitting.num_classes) == (1, 10)
+    # a model that records neither (torchvision's) is not checked against the data
+    resnet = create_model("torchvision:resnet18", num_classes=4)
+    model_from_weights("ck", {"model": "torchvision:resnet18", "model_kwargs": {"num_classes": 4},
+                              "data": {"in_chans": 3, "num_classes": 4}}, resnet.state_dict())
+
+
+def test_load_model_and_resume_name_the_file_and_pass_the_metadata_on(tmp_path, saved):
+    path = tmp_path / "bare.safetensors"
+    save_checkpoint(path, create_model("mimic_snn_1k"), {"model": "mimic_snn_1k"})  # no model_kwargs recorded
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {path}: its metadata .*\(model_kwargs is not a mapping\)"):
+        load_model(path)
+    seen = []
+    last = saved[0]
+    load_training_state(last, create_model("parnet_tiny", **META["model_kwargs"]), expect=seen.append)
+    assert seen[0]["model"] == "parnet_tiny" and seen[0]["step"] == 3
