@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import randomize_bn
 from nondeep import reparameterize_model
-from nondeep.models.blocks import FusionBlock, RepVGGBlock
+from nondeep.models.blocks import ConvBNAct, FusionBlock, RepVGGBlock
 from nondeep.models._helpers import channel_shuffle
 
 
@@ -123,3 +123,17 @@ def test_downsampling_gate_reads_the_blocks_input():
         block.gate.conv.weight.normal_()
         branches = _conv_bn(x, block.conv3x3, 2) + _conv_bn(F.avg_pool2d(x, 2), block.conv1x1[1])
         torch.testing.assert_close(block(x), F.silu(branches * 2 * _gate(x, block)), rtol=0, atol=1e-5)
+
+
+def test_conv_bn_act_is_conv_bn_silu_a_1x1_by_default_and_folds_exactly():
+    block = randomize_bn(ConvBNAct(4, 6)).eval()
+    assert block.conv_bn.conv.kernel_size == (1, 1) and block.conv_bn.conv.bias is None
+    x = torch.randn(2, 4, 5, 5)
+    bn = block.conv_bn.bn
+    expected = F.silu(F.batch_norm(F.conv2d(x, block.conv_bn.conv.weight), bn.running_mean, bn.running_var,
+                                   bn.weight, bn.bias, eps=bn.eps))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-6)
+        block.reparameterize()
+        assert block.conv_bn is None and block.conv.kernel_size == (1, 1)
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-5)
