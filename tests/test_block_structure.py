@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import randomize_bn
 from nondeep import reparameterize_model
-from nondeep.models.blocks import ConvBNAct, FusionBlock, RepVGGBlock
+from nondeep.models.blocks import ConvBNAct, FusionBlock, RepVGGBlock, SqueezeGate
 from nondeep.models._helpers import channel_shuffle
 
 
@@ -137,3 +137,11 @@ def test_conv_bn_act_is_conv_bn_silu_a_1x1_by_default_and_folds_exactly():
         block.reparameterize()
         assert block.conv_bn is None and block.conv.kernel_size == (1, 1)
         torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-5)
+
+
+def test_squeeze_gate_is_pool_conv_sigmoid_ungrouped_by_default():
+    gate = SqueezeGate(4, 6)
+    assert gate.conv.groups == 1 and gate.conv.bias is None and gate.scale == 1.0
+    x = torch.randn(2, 4, 5, 5)
+    expected = torch.sigmoid(F.conv2d(x.mean((2, 3), keepdim=True), gate.conv.weight))
+    torch.testing.assert_close(gate(x), expected, rtol=0, atol=1e-6)
