@@ -145,3 +145,10 @@ def test_squeeze_gate_is_pool_conv_sigmoid_ungrouped_by_default():
     x = torch.randn(2, 4, 5, 5)
     expected = torch.sigmoid(F.conv2d(x.mean((2, 3), keepdim=True), gate.conv.weight))
     torch.testing.assert_close(gate(x), expected, rtol=0, atol=1e-6)
+
+
+def test_a_block_records_its_type_and_refuses_an_unknown_one():
+    assert [RepVGGBlock(4, 4, block_type=t).block_type for t in ("rep_sse", "rep", "plain")] == ["rep_sse", "rep",
+                                                                                               "plain"]
+    with pytest.raises(ValueError, match=r"block_type must be one of \('rep_sse', 'rep', 'plain'\), got 'repvgg'"):
+        RepVGGBlock(4, 4, block_type="repvgg")
