@@ -151,6 +151,9 @@ def test_not_a_nondeep_checkpoint_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, path, metadata={"nondeep": json.dumps({"format": "something-else"})})
     with pytest.raises(CheckpointError, match="not a nondeep checkpoint \\(format 'something-else'\\)"):
         read_checkpoint(path)
+    save_file({"w": torch.zeros(2)}, path, metadata={"nondeep": "[1, 2]"})  # JSON, but not an object
+    with pytest.raises(CheckpointError, match="not a nondeep checkpoint \\(format None\\)"):
+        read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.safetensors")
 
@@ -251,3 +254,27 @@ def test_load_model_and_resume_name_the_file_and_pass_the_metadata_on(tmp_path, 
     last = saved[0]
     load_training_state(last, create_model("parnet_tiny", **META["model_kwargs"]), expect=seen.append)
     assert seen[0]["model"] == "parnet_tiny" and seen[0]["step"] == 3
+
+
+def test_edited_metadata_fails_the_checksum_except_in_the_old_tensor_only_format(saved, tmp_path):
+    from safetensors.torch import save_file
+
+    from nondeep.checkpoint import read_safetensors
+
+    tensors, metadata = read_safetensors(saved[0])
+    for fmt, refused in ((FORMAT, True), ("nondeep-checkpoint-v1", False)):  # v1's checksum covers tensors only
+        meta = dict(json.loads(metadata["nondeep"]), step=99, format=fmt)
+        edited = tmp_path / f"{fmt}.safetensors"
+        save_file(tensors, edited, metadata={**metadata, "nondeep": json.dumps(meta)})  # the old digest kept
+        if refused:
+            with pytest.raises(CheckpointError, match="fails its checksum"):
+                read_checkpoint(edited)
+        else:
+            assert read_checkpoint(edited)[1]["step"] == 99
+
+
+def test_resuming_into_another_model_names_the_loaders_first_complaint(saved):
+    other = create_model("parnet_tiny", **dict(META["model_kwargs"], num_classes=3))
+    with pytest.raises(CheckpointError, match=r"holds another model's weights \(Error\(s\) in loading state_dict "
+                                              r"for ParNet:\): resume it with the model"):
+        load_training_state(saved[0], other)
