@@ -13,6 +13,7 @@ from torch import nn
 from ..bench import time_candidates
 from ..checkpoint import load_model
 from ..inference import available_forms, fastest_candidate, measure_roof
+from ..train.loop import resolve_device
 from ._lab import Budget, LabError
 
 LATENCY_REPEATS = 50
@@ -25,13 +26,6 @@ def checkpoint_model(path: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
     """A checkpoint's model and the input it was trained on (channels, height, width)."""
     model, meta = load_model(path)
     return model, (meta["data"]["in_chans"], *meta["data"]["image_size"])
-
-
-def latency_device(device: str) -> torch.device:
-    """Where a lab times its models: its training device (auto: the GPU when there is one)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def fastest_latency(models: dict[str, tuple[nn.Module, Sequence[int]]], device: str | torch.device = "cpu",
@@ -79,4 +73,4 @@ def latency_by_model(per_seed: Sequence[dict[str, Any]], budget: Budget) -> dict
     for row in per_seed:
         first.setdefault(row["model"], row["checkpoint"])
     return fastest_latency({label: checkpoint_model(path) for label, path in first.items()},
-                           latency_device(budget.device), budget.threads, budget.latency_forms)
+                           resolve_device(budget.device), budget.threads, budget.latency_forms)

@@ -19,8 +19,9 @@ from ..checkpoint import load_model
 from ..data import build_test_loader
 from ..reparam import reparameterize_model
 from ..train.evaluate import evaluate
+from ..train.loop import resolve_device  # the lab times where it trains
 from ._lab import Budget, Run, add_common_args, budget_from_args, check_matched, lab_folder, model_cost, run_all
-from ._lab_latency import LATENCY_NOTE, checkpoint_model, fastest_latency, latency_device
+from ._lab_latency import LATENCY_NOTE, checkpoint_model, fastest_latency
 from ._lab_report import aggregate, lab_report, publish
 from .streams import INPUT_SIZE, parnet_for_budget
 
@@ -79,7 +80,7 @@ def run_ensemble_lab(out: str | Path | None = None, members: int = 3, base: str 
     first_members = [r["checkpoint"] for r in member_rows[::budget.seeds]]
     latency = fastest_latency({parnet.label: checkpoint_model(first_parnet["checkpoint"]),
                                label: (load_ensemble(first_members), INPUT_SIZE)},
-                              latency_device(budget.device), budget.threads, budget.latency_forms)
+                              resolve_device(budget.device), budget.threads, budget.latency_forms)
     rows = aggregate(per_seed, latency, extra_columns=["kind"])
     report = lab_report(NAME, budget, [*command, "--members", str(members), "--base", base,
                         "--match", match, *budget.flags()], started, per_seed, rows,
