@@ -24,9 +24,10 @@ declare -A TESTS=(
   [models/parnet.py]="tests/test_parnet.py tests/test_reference_outputs.py tests/test_features_detection.py"
   [data/idx.py]="tests/test_data.py"
   [train/running.py]="tests/test_step.py"
+  [train/config.py]="tests/test_config.py"
 )
 ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py models/blocks.py models/parnet.py
-       data/idx.py train/running.py)
+       data/idx.py train/running.py train/config.py)
 MODULES=("${@:-${ORDER[@]}}")
 
 for module in "${MODULES[@]}"; do

@@ -110,7 +110,16 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:  # list[float]: each item too (a milestone "a" would otherwise fail mid-training)
+        return isinstance(value, list) and all(_type_ok(item, typing.get_args(hint)[0]) for item in value)
+    if origin is dict:  # model_kwargs: keyword names
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
     return isinstance(value, origin or hint)
+
+
+def _type_name(hint: Any) -> str:
+    """int, list[float], int | None: as the hint is written."""
+    return str(hint).replace("typing.", "") if typing.get_args(hint) else hint.__name__
 
 
 def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
@@ -127,7 +136,7 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # YAML reads "lr: 1" as an int
         if not _type_ok(value, hint):
-            raise ConfigError(f"config key {key!r} must be {getattr(hint, '__name__', hint)}, got "
+            raise ConfigError(f"config key {key!r} must be {_type_name(hint)}, got "
                               f"{type(value).__name__} {value!r}")
         setattr(config, key, value)
     return config.validate()
