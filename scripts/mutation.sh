@@ -22,12 +22,13 @@ declare -A TESTS=(
   [checkpoint.py]="tests/test_checkpoint.py"
   [models/blocks.py]="tests/test_block_structure.py tests/test_reparam.py tests/test_reference_outputs.py"
   [models/parnet.py]="tests/test_parnet.py tests/test_reference_outputs.py tests/test_features_detection.py"
-  [data/idx.py]="tests/test_data.py"
+  [data/idx.py]="tests/test_idx.py tests/test_data.py"
   [train/running.py]="tests/test_step.py"
   [train/config.py]="tests/test_config.py"
+  [data/fashion_mnist.py]="tests/test_fashion_mnist.py tests/test_data.py"
 )
 ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py models/blocks.py models/parnet.py
-       data/idx.py train/running.py train/config.py)
+       data/idx.py train/running.py train/config.py data/fashion_mnist.py)
 MODULES=("${@:-${ORDER[@]}}")
 
 for module in "${MODULES[@]}"; do

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DatasetError
-from ..report import atomic_write_bytes
+from ..report import WriteError, atomic_write_bytes
 from .idx import read_idx
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -87,8 +87,8 @@ def download_files(dest: str | os.PathLike | None = None) -> Path:
             raise DatasetError(f"downloaded {gz} has MD5 {got}, expected {md5}; refused it")
         try:
             atomic_write_bytes(dest / gz, data)
-        except OSError as err:
-            raise DatasetError(f"cannot write {dest / gz}: {err}") from None
+        except WriteError as err:  # a DatasetError, so that locate() still says the three ways to get the data
+            raise DatasetError(str(err)) from None
     return dest
 
 
