@@ -1,0 +1,136 @@
+"""Evaluation (nondeep.train.evaluate): loss, top-1 and top-5 computed exactly on crafted logits, and where a
+checkpoint's evaluation finds its data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nondeep import create_model
+from nondeep.checkpoint import CheckpointError, save_checkpoint
+from nondeep.data import build_loaders
+from nondeep.train.evaluate import _recorded_data, evaluate, evaluate_checkpoint
+
+
+class FixedLogits(nn.Module):
+    """Returns the logits stored for each input index (x holds the index in every pixel); records its mode
+    and the memory format it was given."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.scale = nn.Parameter(torch.ones(()))
+        self.seen_channels_last: list[bool] = []
+        self.grad_enabled: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.grad_enabled.append(torch.is_grad_enabled())
+        self.seen_channels_last.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return self.logits[x[:, 0, 0, 0].long()].to(torch.float16) * self.scale  # half logits: scored in float
+
+
+def batches(labels: list[int], size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    index = torch.arange(len(labels), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 2, 3, 3)
+    y = torch.tensor(labels)
+    return [(index[i:i + size], y[i:i + size]) for i in range(0, len(labels), size)]
+
+
+def test_loss_top1_and_top5_over_uneven_batches():
+    # 7 classes; the true class ranks 1st, 2nd, 5th, 6th and 7th for the five samples
+    logits = torch.tensor([[7, 6, 5, 4, 3, 2, 1]], dtype=torch.float32).repeat(5, 1)
+    labels = [0, 1, 4, 5, 6]
+    model = FixedLogits(logits).train()
+    result = evaluate(model, batches(labels, 2), torch.device("cpu"))
+    expected_loss = F.cross_entropy(logits.half().float(), torch.tensor(labels)).item()
+    assert result["eval_top1"] == pytest.approx(100 * 1 / 5)
+    assert result["eval_top5"] == pytest.approx(100 * 3 / 5)
+    assert result["eval_loss"] == pytest.approx(expected_loss, rel=1e-6)  # the mean over samples, not batches
+    assert not model.training  # evaluated in eval mode
+    assert set(result) == {"eval_loss", "eval_top1", "eval_top5"}
+
+
+def test_top5_with_fewer_than_five_classes_is_every_sample():
+    logits = torch.tensor([[0.0, 1.0, 2.0]]).repeat(3, 1)
+    result = evaluate(FixedLogits(logits), batches([0, 1, 2], 3), torch.device("cpu"))
+    assert result["eval_top5"] == 100.0 and result["eval_top1"] == pytest.approx(100 / 3)
+    assert math.isfinite(result["eval_loss"])
+
+
+def test_channels_last_is_what_the_model_gets_when_asked():
+    model = FixedLogits(torch.zeros(2, 3))
+    evaluate(model, batches([0, 1], 2), torch.device("cpu"))
+    evaluate(model, batches([0, 1], 2), torch.device("cpu"), channels_last=True)
+    assert model.seen_channels_last == [False, True]
+
+
+def test_no_graph_is_recorded():
+    model = FixedLogits(torch.zeros(3, 3))
+    evaluate(model, batches([0, 1, 0], 2), torch.device("cpu"))
+    assert model.grad_enabled == [False, False] and torch.is_grad_enabled()
+
+
+def test_the_recorded_dataset_is_found_where_training_read_it(tmp_path):
+    assert _recorded_data({"name": "fashion-mnist", "path": str(tmp_path)}, None) == ("fashion-mnist", str(tmp_path))
+    assert _recorded_data({"name": "fashion-mnist", "path": str(tmp_path)}, "/mine") == ("fashion-mnist", "/mine")
+    gone = str(tmp_path / "gone")
+    assert _recorded_data({"name": "fashion-mnist", "path": gone}, None) == ("fashion-mnist", None)  # the search
+    assert _recorded_data({"name": "cifar10"}, None) == ("cifar10", None)
+    assert _recorded_data({"name": "flowers", "path": str(tmp_path)}, None) == (str(tmp_path), None)
+    assert _recorded_data({"name": "flowers", "path": str(tmp_path)}, "d") == (str(tmp_path), "d")
+
+
+def test_a_missing_dataset_says_what_to_pass(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        _recorded_data({}, None)
+    assert str(err.value) == "the checkpoint records no dataset: pass --data"
+    gone = tmp_path / "gone"
+    with pytest.raises(CheckpointError) as err:
+        _recorded_data({"name": "flowers", "path": str(gone)}, None)
+    assert str(err.value) == (f"the checkpoint was trained on the image folder 'flowers' at {gone}, which is not "
+                              "there now: pass --data PATH of that folder")
+    with pytest.raises(CheckpointError) as err:
+        _recorded_data({"name": "flowers"}, None)
+    assert str(err.value) == ("the checkpoint was trained on the image folder 'flowers', which is not there now: "
+                              "pass --data PATH of that folder")
+
+
+# ---------------------------------------------------------------- a checkpoint on its dataset
+
+def _checkpoint(file, tiny_fashion, image_size=(28, 28), in_chans=1, num_classes=10, **data):
+    model = create_model("mimic_snn_1k", input_size=image_size, in_chans=in_chans, num_classes=num_classes)
+    recorded = {"name": "fashion-mnist", "path": str(tiny_fashion), "image_size": list(image_size),
+                "in_chans": in_chans, "num_classes": num_classes, **data}
+    kwargs = {"input_size": list(image_size), "in_chans": in_chans, "num_classes": num_classes}
+    save_checkpoint(file, model, {"model": "mimic_snn_1k", "model_kwargs": kwargs, "data": recorded})
+    return model.eval()
+
+
+def test_a_checkpoint_is_evaluated_on_the_test_split_it_recorded(tiny_fashion, tmp_path):
+    model = _checkpoint(tmp_path / "c.safetensors", tiny_fashion)
+    result = evaluate_checkpoint(tmp_path / "c.safetensors", batch_size=100)
+    _, test_loader, _ = build_loaders("fashion-mnist", data_dir=str(tiny_fashion), eval_batch_size=100)
+    assert result == {"checkpoint": str(tmp_path / "c.safetensors"), "model": "mimic_snn_1k",
+                      "data": "fashion-mnist", "fused": False, **evaluate(model, test_loader, torch.device("cpu"))}
+    assert evaluate_checkpoint(tmp_path / "c.safetensors", fused=True)["fused"] is True
+
+
+def test_an_in_memory_set_is_resized_to_the_side_the_model_trained_at(tiny_fashion, tmp_path):
+    _checkpoint(tmp_path / "c.safetensors", tiny_fashion, image_size=(32, 32))  # flat: takes exactly 32x32
+    assert evaluate_checkpoint(tmp_path / "c.safetensors")["eval_top1"] >= 0
+
+
+def test_a_dataset_the_checkpoint_does_not_fit_is_one_line(tiny_fashion, tmp_path):
+    _checkpoint(tmp_path / "five.safetensors", tiny_fashion, num_classes=5, name="cifar10", path=None)
+    with pytest.raises(CheckpointError) as err:
+        evaluate_checkpoint(tmp_path / "five.safetensors", data="fashion-mnist", data_dir=str(tiny_fashion))
+    assert str(err.value) == (f"checkpoint {tmp_path / 'five.safetensors'} was trained for 5 classes but "
+                              "fashion-mnist has 10: evaluate it on the dataset it was trained on")
+    _checkpoint(tmp_path / "rgb.safetensors", tiny_fashion, in_chans=3, name="cifar10", path=None)
+    with pytest.raises(CheckpointError) as err:
+        evaluate_checkpoint(tmp_path / "rgb.safetensors", data="fashion-mnist", data_dir=str(tiny_fashion))
+    assert str(err.value) == (f"checkpoint {tmp_path / 'rgb.safetensors'} takes 3-channel images but fashion-mnist "
+                              "has 1: evaluate it on the dataset it was trained on")
