@@ -28,10 +28,11 @@ declare -A TESTS=(
   [data/fashion_mnist.py]="tests/test_fashion_mnist.py tests/test_data.py"
   [models/_helpers.py]="tests/test_model_helpers.py"
   [train/evaluate.py]="tests/test_evaluate.py"
+  [train/preflight.py]="tests/test_preflight.py"
 )
 ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py models/blocks.py models/parnet.py
        data/idx.py train/running.py train/config.py data/fashion_mnist.py
-       models/_helpers.py train/evaluate.py)
+       models/_helpers.py train/evaluate.py train/preflight.py)
 MODULES=("${@:-${ORDER[@]}}")
 
 for module in "${MODULES[@]}"; do
