@@ -29,10 +29,12 @@ declare -A TESTS=(
   [models/_helpers.py]="tests/test_model_helpers.py"
   [train/evaluate.py]="tests/test_evaluate.py"
   [train/preflight.py]="tests/test_preflight.py"
+  [data/folder.py]="tests/test_folder.py tests/test_data.py"
 )
 ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py models/blocks.py models/parnet.py
        data/idx.py train/running.py train/config.py data/fashion_mnist.py
-       models/_helpers.py train/evaluate.py train/preflight.py)
+       models/_helpers.py train/evaluate.py train/preflight.py
+       data/folder.py)
 MODULES=("${@:-${ORDER[@]}}")
 
 for module in "${MODULES[@]}"; do
