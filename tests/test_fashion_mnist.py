@@ -241,3 +241,51 @@ def test_locate_downloads_only_when_allowed_and_reports_why_it_failed(tmp_path, 
     with pytest.raises(DatasetError, match=r"not found \(looked in .*; downloaded t10k-labels-idx1-ubyte.gz has "
                                            r"MD5 [0-9a-f]{32}, expected 0{32}; refused it\)"):
         fashion_mnist.locate()
+
+
+def test_fetch_url_waits_60_seconds_by_default(monkeypatch):
+    asked = []
+
+    class Response:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return b"body"
+    monkeypatch.setattr(fashion_mnist.urllib.request, "urlopen",
+                        lambda url, timeout: asked.append((url, timeout)) or Response())
+    assert SHIPPED_FETCH_URL("http://x/f.gz") == b"body" and SHIPPED_FETCH_URL("http://x/g.gz", timeout=3) == b"body"
+    assert asked == [("http://x/f.gz", 60.0), ("http://x/g.gz", 3)]
+
+
+def test_each_download_is_logged_with_its_url(tmp_path, monkeypatch, caplog):
+    _serve(monkeypatch, {p.name: p.read_bytes() for p in fake(tmp_path / "server").iterdir()})
+    with caplog.at_level("INFO", logger="nondeep.data.fashion_mnist"):
+        fashion_mnist.download_files(tmp_path / "dest")
+    assert sorted(r.getMessage() for r in caplog.records) == sorted(
+        f"downloading {fashion_mnist.URL}{name}.gz" for name in NAMES)
+
+
+def test_the_not_found_message_in_full(tmp_path):
+    system, cache = fashion_mnist.SYSTEM_DIR, fashion_mnist.cache_dir()
+    with pytest.raises(DatasetError) as err:
+        fashion_mnist.locate(download=False)
+    assert str(err.value) == (
+        f"Fashion-MNIST not found (looked in {system}, {cache}; downloading is turned off). Provide it one of three "
+        f"ways: (1) `sudo apt-get install dataset-fashion-mnist` (installs it in {system}); (2) pass --data-dir "
+        "(data_dir=) or set NONDEEP_DATA to a folder holding the four IDX files (train-images-idx3-ubyte.gz, "
+        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz); (3) go online with "
+        f"downloading allowed, so it downloads from {fashion_mnist.URL} into {cache}")
+
+
+def test_the_default_split_is_train(tmp_path):
+    assert fashion_mnist.load_fashion_mnist(data_dir=fake(tmp_path / "d", n_train=20, n_test=10))[1].shape == (20,)
+
+
+def test_images_and_labels_must_have_their_dimensions(tmp_path):
+    _refused(tmp_path, NAMES[0], np.zeros((20, 784), np.uint8), r"\(2 dimensions, expected 3\)")
+    (tmp_path / "bad").rename(tmp_path / "bad-images")
+    _refused(tmp_path, NAMES[1], np.zeros((20, 1), np.uint8), r"\(2 dimensions, expected 1\)")
