@@ -107,3 +107,10 @@ def test_running_sums_keep_the_first_nonfinite_step():
     clean.add(torch.tensor(0.25), logits, labels, step=0)
     assert clean.read().first_nonfinite_step is None and clean.read().loss_sum == 0.5
     assert clean.read().partial(3.0) == {"loss_sum": 0.5, "correct": 1, "seen": 2, "seconds": 3.0}
+
+
+def test_running_sums_count_exactly_past_float32s_integers():
+    """float64 sums: a count past 2**24 (float32's last exact integer) still grows by one."""
+    sums = RunningSums(torch.device("cpu"), loss_sum=0.0, correct=2 ** 24, seen=2 ** 24)
+    sums.add(torch.tensor(0.0), torch.tensor([[1.0, 0.0]]), torch.tensor([0]), step=0)
+    assert sums.read().correct == 2 ** 24 + 1 and sums.read().seen == 2 ** 24 + 1
