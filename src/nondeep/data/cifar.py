@@ -51,8 +51,8 @@ class _ArrayUnpickler(pickle.Unpickler):
             return _NUMPY_GLOBALS[name]
         if (module, name) == ("_codecs", "encode"):
             return _latin1_bytes
-        if (module, name) == ("builtins", "bytes"):  # b"" in a protocol-2 pickle
-            return bytes
+        if name == "bytes" and module in ("builtins", "__builtin__"):  # b"" in a protocol-2 pickle (Python 3
+            return bytes                                               # writes Python 2's module name there)
         raise pickle.UnpicklingError(f"refuses to load {module}.{name}")
 
 
