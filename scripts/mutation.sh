@@ -30,6 +30,7 @@ declare -A TESTS=(
   [train/evaluate.py]="tests/test_evaluate.py"
   [train/preflight.py]="tests/test_preflight.py"
   [data/folder.py]="tests/test_folder.py tests/test_data.py"
+  [data/__init__.py]="tests/test_build_loaders.py tests/test_data.py"
   [data/cifar.py]="tests/test_cifar.py tests/test_data.py"
   [models/wrn.py]="tests/test_wrn.py tests/test_reference_outputs.py"
   [models/mimic.py]="tests/test_mimic.py tests/test_reference_outputs.py"
@@ -40,7 +41,7 @@ ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py model
        data/idx.py train/running.py train/config.py data/fashion_mnist.py
        models/_helpers.py train/evaluate.py train/preflight.py
        data/folder.py models/wrn.py models/mimic.py models/preact_resnet.py models/resnet_small.py
-       data/cifar.py)
+       data/cifar.py data/__init__.py)
 MODULES=("${@:-${ORDER[@]}}")
 
 for module in "${MODULES[@]}"; do
