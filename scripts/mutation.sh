@@ -32,6 +32,7 @@ declare -A TESTS=(
   [data/folder.py]="tests/test_folder.py tests/test_data.py"
   [data/__init__.py]="tests/test_build_loaders.py tests/test_data.py"
   [data/cifar.py]="tests/test_cifar.py tests/test_data.py"
+  [models/features.py]="tests/test_feature_indices.py tests/test_features_detection.py"
   [models/wrn.py]="tests/test_wrn.py tests/test_reference_outputs.py tests/test_features_detection.py"
   [models/mimic.py]="tests/test_mimic.py tests/test_reference_outputs.py"
   [models/preact_resnet.py]="tests/test_wrn.py tests/test_reference_outputs.py"
@@ -41,7 +42,8 @@ ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py model
        data/idx.py train/running.py train/config.py data/fashion_mnist.py
        models/_helpers.py train/evaluate.py train/preflight.py
        data/folder.py models/wrn.py models/mimic.py models/preact_resnet.py models/resnet_small.py
-       data/cifar.py data/__init__.py)
+       data/cifar.py data/__init__.py
+       models/features.py)
 MODULES=("${@:-${ORDER[@]}}")
 
 for module in "${MODULES[@]}"; do
