@@ -24,16 +24,38 @@ def two_threads():
     torch.set_num_threads(2)
 
 
-def write_idx(path, array) -> None:
-    """Write a uint8 array as a gzipped IDX file (the MNIST format)."""
+_IDX_CODES = {"uint8": 0x08, "int8": 0x09, "int16": 0x0B, "int32": 0x0C, "float32": 0x0D, "float64": 0x0E}
+
+
+def write_idx(path, array, gz: bool = True):
+    """Write an array as an IDX file (the MNIST format), gzipped unless gz=False; returns the path. Integer
+    arrays of another type are written as uint8 (pixels and labels)."""
     import gzip
 
     import numpy as np
 
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
+    array = np.asarray(array)
+    if array.dtype.name not in _IDX_CODES:
+        array = array.astype(np.uint8)
+    header = bytes([0, 0, _IDX_CODES[array.dtype.name], array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + np.ascontiguousarray(array).astype(array.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+@pytest.fixture
+def no_fashion_mnist_anywhere(tmp_path, monkeypatch):
+    """No system dataset, no NONDEEP_DATA, an empty cache, and a network that fails the test if touched."""
+    from nondeep.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-dir")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("NONDEEP_DATA", raising=False)
+
+    def no_network(url, timeout=60.0):
+        raise AssertionError(f"test tried the network: {url}")
+    monkeypatch.setattr(fashion_mnist, "fetch_url", no_network)
 
 
 def make_fashion_like(folder, n_train: int = 512, n_test: int = 256, seed: int = 0):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import pickle
 from pathlib import Path
 
@@ -13,19 +11,11 @@ import torch
 from PIL import Image
 
 from nondeep.data import Augment, DataInfo, TensorLoader, build_loaders, build_test_loader, load_arrays, resize_images
-from nondeep.data import cifar, fashion_mnist
-from nondeep.data.idx import read_idx
+from nondeep.data import cifar
 from nondeep.errors import DatasetError, NondeepError
+from conftest import write_idx
 
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
-    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}[array.dtype]
-    header = bytes([0, 0, code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    raw = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
 
 
 def fake_fashion_mnist(folder: Path, n_train: int = 40, n_test: int = 10) -> Path:
@@ -37,91 +27,7 @@ def fake_fashion_mnist(folder: Path, n_train: int = 40, n_test: int = 10) -> Pat
     return folder
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No system dataset, no env var, an empty cache, and a network that fails the test if touched."""
-    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-dir")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("NONDEEP_DATA", raising=False)
-
-    def no_network(url, timeout=60.0):
-        raise AssertionError(f"test tried the network: {url}")
-    monkeypatch.setattr(fashion_mnist, "fetch_url", no_network)
-
-
-# ---------------------------------------------------------------- IDX and Fashion-MNIST
-
-@pytest.mark.parametrize("gz", [True, False])
-def test_idx_round_trip(tmp_path, gz):
-    a = np.random.default_rng(1).integers(0, 256, (5, 3, 4), dtype=np.uint8)
-    assert torch.equal(read_idx(write_idx(tmp_path / "a.idx", a, gz), ndim=3), torch.from_numpy(a))
-    b = np.arange(-3, 4, dtype=np.int32)
-    assert read_idx(write_idx(tmp_path / "b.idx", b, gz)).tolist() == b.tolist()
-    f = np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)
-    assert torch.allclose(read_idx(write_idx(tmp_path / "f.idx", f, gz)), torch.from_numpy(f))
-
-
-def test_idx_corrupt_and_truncated(tmp_path):
-    path = write_idx(tmp_path / "x-idx3-ubyte", np.zeros((4, 28, 28), np.uint8), gz=False)
-    path.write_bytes(path.read_bytes()[:-1])  # one byte short
-    with pytest.raises(DatasetError, match="x-idx3-ubyte.*delete it and download it again"):
-        read_idx(path)
-    bad = tmp_path / "bad-magic"
-    bad.write_bytes(b"\x12\x34\x08\x01" + (3).to_bytes(4, "big") + b"abc")
-    with pytest.raises(DatasetError, match="magic"):
-        read_idx(bad)
-    gz = write_idx(tmp_path / "cut.gz", np.zeros((50, 28, 28), np.uint8))
-    gz.write_bytes(gz.read_bytes()[:40])  # a cut-off download
-    with pytest.raises(DatasetError, match="cut.gz"):
-        read_idx(gz)
-    with pytest.raises(DatasetError, match="dimensions"):
-        read_idx(write_idx(tmp_path / "ok", np.zeros(3, np.uint8)), ndim=3)
-
-
-def test_fashion_mnist_found_in_data_dir_and_env(tmp_path, monkeypatch):
-    fake_fashion_mnist(tmp_path / "root" / "fashion-mnist")
-    images, labels = fashion_mnist.load_fashion_mnist("train", data_dir=tmp_path / "root")
-    assert images.shape == (40, 1, 28, 28) and images.dtype == torch.uint8
-    assert labels.dtype == torch.int64 and labels.tolist() == [i % 10 for i in range(40)]
-    monkeypatch.setenv("NONDEEP_DATA", str(tmp_path / "root" / "fashion-mnist"))  # files directly in it
-    images, labels, classes = load_arrays("fashion-mnist", "test", download=False)
-    assert images.shape == (10, 1, 28, 28) and classes[0] == "T-shirt/top" and len(classes) == 10
-
-
-def test_fashion_mnist_missing_names_the_three_ways(monkeypatch):
-    with pytest.raises(DatasetError) as info:
-        load_arrays("fashion-mnist", "train", download=False)
-    msg = str(info.value)
-    assert "apt-get install dataset-fashion-mnist" in msg and "--data-dir" in msg and "NONDEEP_DATA" in msg
-    assert "go online" in msg and "downloading is turned off" in msg and "\n" not in msg
-
-    def offline(url, timeout=60.0):
-        raise OSError("Network is unreachable")
-    monkeypatch.setattr(fashion_mnist, "fetch_url", offline)
-    with pytest.raises(DatasetError, match="Network is unreachable.*apt-get install dataset-fashion-mnist"):
-        fashion_mnist.load_fashion_mnist("train")
-
-
-def test_download_refuses_a_bad_checksum_and_leaves_no_file(monkeypatch):
-    monkeypatch.setattr(fashion_mnist, "fetch_url", lambda url, timeout=60.0: b"not the real file")
-    with pytest.raises(DatasetError, match="MD5.*refused"):
-        fashion_mnist.load_fashion_mnist("train")
-    cache = fashion_mnist.cache_dir()
-    assert not cache.exists() or not any(cache.iterdir())
-
-
-def test_download_verifies_and_writes_into_the_cache(tmp_path, monkeypatch):
-    src = fake_fashion_mnist(tmp_path / "server")
-    blobs = {p.name: p.read_bytes() for p in src.iterdir()}
-    monkeypatch.setattr(fashion_mnist, "MD5", {k: hashlib.md5(v).hexdigest() for k, v in blobs.items()})
-    fetched = []
-    monkeypatch.setattr(fashion_mnist, "fetch_url",
-                        lambda url, timeout=60.0: fetched.append(url) or blobs[url.rsplit("/", 1)[1]])
-    images, labels = fashion_mnist.load_fashion_mnist("test")
-    assert images.shape == (10, 1, 28, 28) and len(fetched) == 4
-    assert sorted(p.name for p in fashion_mnist.cache_dir().iterdir()) == sorted(blobs)  # no temp files
-    fashion_mnist.load_fashion_mnist("train")
-    assert len(fetched) == 4  # the second load reads the cache
+pytestmark = pytest.mark.usefixtures("no_fashion_mnist_anywhere")
 
 
 # ---------------------------------------------------------------- CIFAR

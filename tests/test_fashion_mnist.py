@@ -4,7 +4,6 @@ the tests; the network is a stub that fails the test if touched, or a local file
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 from pathlib import Path
@@ -13,20 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from nondeep.data import fashion_mnist
+from nondeep.data import fashion_mnist, load_arrays
 from nondeep.errors import DatasetError
+from conftest import write_idx
 
 REAL = Path("/usr/share/datasets/fashion-mnist")
 SHIPPED_SYSTEM_DIR, SHIPPED_FETCH_URL = fashion_mnist.SYSTEM_DIR, fashion_mnist.fetch_url  # before any patch
 NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
-    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.float32): 0x0D}[array.dtype]
-    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    raw = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
 
 
 def fake(folder: Path, n_train: int = 20, n_test: int = 10, gz: bool = True, fill: int = 0) -> Path:
@@ -40,16 +32,7 @@ def fake(folder: Path, n_train: int = 20, n_test: int = 10, gz: bool = True, fil
     return folder
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No system dataset, no env var, an empty cache, and a network that fails the test if touched."""
-    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-dir")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("NONDEEP_DATA", raising=False)
-
-    def no_network(url, timeout=60.0):
-        raise AssertionError(f"test tried the network: {url}")
-    monkeypatch.setattr(fashion_mnist, "fetch_url", no_network)
+pytestmark = pytest.mark.usefixtures("no_fashion_mnist_anywhere")
 
 
 def test_the_constants_are_the_datasets():
@@ -289,3 +272,49 @@ def test_images_and_labels_must_have_their_dimensions(tmp_path):
     _refused(tmp_path, NAMES[0], np.zeros((20, 784), np.uint8), r"\(2 dimensions, expected 3\)")
     (tmp_path / "bad").rename(tmp_path / "bad-images")
     _refused(tmp_path, NAMES[1], np.zeros((20, 1), np.uint8), r"\(2 dimensions, expected 1\)")
+
+
+def test_fashion_mnist_found_in_data_dir_and_env(tmp_path, monkeypatch):
+    fake(tmp_path / "root" / "fashion-mnist", n_train=40)
+    images, labels = fashion_mnist.load_fashion_mnist("train", data_dir=tmp_path / "root")
+    assert images.shape == (40, 1, 28, 28) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and labels.tolist() == [i % 10 for i in range(40)]
+    monkeypatch.setenv("NONDEEP_DATA", str(tmp_path / "root" / "fashion-mnist"))  # files directly in it
+    images, labels, classes = load_arrays("fashion-mnist", "test", download=False)
+    assert images.shape == (10, 1, 28, 28) and classes[0] == "T-shirt/top" and len(classes) == 10
+
+
+def test_fashion_mnist_missing_names_the_three_ways(monkeypatch):
+    with pytest.raises(DatasetError) as info:
+        load_arrays("fashion-mnist", "train", download=False)
+    msg = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in msg and "--data-dir" in msg and "NONDEEP_DATA" in msg
+    assert "go online" in msg and "downloading is turned off" in msg and "\n" not in msg
+
+    def offline(url, timeout=60.0):
+        raise OSError("Network is unreachable")
+    monkeypatch.setattr(fashion_mnist, "fetch_url", offline)
+    with pytest.raises(DatasetError, match="Network is unreachable.*apt-get install dataset-fashion-mnist"):
+        fashion_mnist.load_fashion_mnist("train")
+
+
+def test_download_refuses_a_bad_checksum_and_leaves_no_file(monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "fetch_url", lambda url, timeout=60.0: b"not the real file")
+    with pytest.raises(DatasetError, match="MD5.*refused"):
+        fashion_mnist.load_fashion_mnist("train")
+    cache = fashion_mnist.cache_dir()
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_download_verifies_and_writes_into_the_cache(tmp_path, monkeypatch):
+    src = fake(tmp_path / "server", n_train=40)
+    blobs = {p.name: p.read_bytes() for p in src.iterdir()}
+    monkeypatch.setattr(fashion_mnist, "MD5", {k: hashlib.md5(v).hexdigest() for k, v in blobs.items()})
+    fetched = []
+    monkeypatch.setattr(fashion_mnist, "fetch_url",
+                        lambda url, timeout=60.0: fetched.append(url) or blobs[url.rsplit("/", 1)[1]])
+    images, labels = fashion_mnist.load_fashion_mnist("test")
+    assert images.shape == (10, 1, 28, 28) and len(fetched) == 4
+    assert sorted(p.name for p in fashion_mnist.cache_dir().iterdir()) == sorted(blobs)  # no temp files
+    fashion_mnist.load_fashion_mnist("train")
+    assert len(fetched) == 4  # the second load reads the cache

@@ -11,6 +11,7 @@ import torch
 
 from nondeep.data.idx import read_idx, read_idx_bytes
 from nondeep.errors import DatasetError
+from conftest import write_idx
 
 ADVICE = "it is probably truncated or corrupt: delete it and download it again"
 
@@ -113,3 +114,30 @@ def test_values_round_trip_through_a_file(tmp_path):
     images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
     (tmp_path / "i.gz").write_bytes(gzip.compress(header(8, 4, 28, 28) + images.numpy().tobytes()))
     assert torch.equal(read_idx(tmp_path / "i.gz", ndim=3), images)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path, gz):
+    a = np.random.default_rng(1).integers(0, 256, (5, 3, 4), dtype=np.uint8)
+    assert torch.equal(read_idx(write_idx(tmp_path / "a.idx", a, gz), ndim=3), torch.from_numpy(a))
+    b = np.arange(-3, 4, dtype=np.int32)
+    assert read_idx(write_idx(tmp_path / "b.idx", b, gz)).tolist() == b.tolist()
+    f = np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)
+    assert torch.allclose(read_idx(write_idx(tmp_path / "f.idx", f, gz)), torch.from_numpy(f))
+
+
+def test_idx_corrupt_and_truncated(tmp_path):
+    path = write_idx(tmp_path / "x-idx3-ubyte", np.zeros((4, 28, 28), np.uint8), gz=False)
+    path.write_bytes(path.read_bytes()[:-1])  # one byte short
+    with pytest.raises(DatasetError, match="x-idx3-ubyte.*delete it and download it again"):
+        read_idx(path)
+    bad = tmp_path / "bad-magic"
+    bad.write_bytes(b"\x12\x34\x08\x01" + (3).to_bytes(4, "big") + b"abc")
+    with pytest.raises(DatasetError, match="magic"):
+        read_idx(bad)
+    gz = write_idx(tmp_path / "cut.gz", np.zeros((50, 28, 28), np.uint8))
+    gz.write_bytes(gz.read_bytes()[:40])  # a cut-off download
+    with pytest.raises(DatasetError, match="cut.gz"):
+        read_idx(gz)
+    with pytest.raises(DatasetError, match="dimensions"):
+        read_idx(write_idx(tmp_path / "ok", np.zeros(3, np.uint8)), ndim=3)
