@@ -14,6 +14,11 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 MUTMUT="$(dirname "$PYTHON")/mutmut"
 WORK="${MUTATION_DIR:-/tmp/nondeep-mutation}"
 
+# the feature-map tests, without the detectors' training steps (minutes a mutant, and they test torchvision's heads)
+FEATURE_TESTS="tests/test_features_detection.py::test_feature_shapes_channels_and_strides
+  tests/test_features_detection.py::test_intermediates_match_the_classifier_and_fusion
+  tests/test_features_detection.py::test_out_indices_select_and_prune
+  tests/test_features_detection.py::test_feature_extractor_still_traces_for_depth"
 # module (under src/nondeep) -> the test files that exercise it
 declare -A TESTS=(
   [train/optim.py]="tests/test_optim.py"
@@ -21,7 +26,7 @@ declare -A TESTS=(
   [data/tensor_loader.py]="tests/test_tensor_loader.py tests/test_data.py"
   [checkpoint.py]="tests/test_checkpoint.py"
   [models/blocks.py]="tests/test_block_structure.py tests/test_reparam.py tests/test_reference_outputs.py"
-  [models/parnet.py]="tests/test_parnet.py tests/test_reference_outputs.py tests/test_features_detection.py"
+  [models/parnet.py]="tests/test_parnet.py tests/test_reference_outputs.py $FEATURE_TESTS"
   [data/idx.py]="tests/test_idx.py tests/test_data.py"
   [train/running.py]="tests/test_step.py"
   [train/config.py]="tests/test_config.py"
@@ -32,8 +37,8 @@ declare -A TESTS=(
   [data/folder.py]="tests/test_folder.py tests/test_data.py"
   [data/__init__.py]="tests/test_build_loaders.py tests/test_data.py"
   [data/cifar.py]="tests/test_cifar.py tests/test_data.py"
-  [models/features.py]="tests/test_feature_indices.py tests/test_features_detection.py"
-  [models/wrn.py]="tests/test_wrn.py tests/test_reference_outputs.py tests/test_features_detection.py"
+  [models/features.py]="tests/test_feature_indices.py $FEATURE_TESTS"
+  [models/wrn.py]="tests/test_wrn.py tests/test_reference_outputs.py $FEATURE_TESTS"
   [models/mimic.py]="tests/test_mimic.py tests/test_reference_outputs.py"
   [models/preact_resnet.py]="tests/test_wrn.py tests/test_reference_outputs.py"
   [models/resnet_small.py]="tests/test_timm_compat.py tests/test_reference_outputs.py"
