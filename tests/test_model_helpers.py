@@ -23,7 +23,12 @@ def test_a_valid_input_is_returned_unchanged():
     assert check_input(x, "net", 3) is x
     assert check_input(x, "net", 3, divisor=32) is x  # 64 and 32 are multiples of 32 and not below it
     assert check_input(x, "net", 3, exact_size=[64, 32]) is x
-    assert check_input(torch.randn(1, 1, 5, 7), "net", 1, divisor=1) is not None  # divisor 1: any size
+    odd = torch.randn(1, 1, 5, 7)
+    assert check_input(odd, "net", 1) is odd and check_input(odd, "net", 1, divisor=1) is odd  # default 1: any size
+    empty = torch.randn(1, 1, 0, 7)
+    assert check_input(empty, "net", 1, divisor=1) is empty  # divisor 1 imposes nothing, not even a side >= 1
+    edge = torch.randn(1, 1, 32, 64)
+    assert check_input(edge, "net", 1, divisor=32) is edge  # a side equal to the divisor
 
 
 @pytest.mark.parametrize("shape", [(3, 28, 28), (1, 1, 1, 28, 28), (28,)])
@@ -37,16 +42,21 @@ def test_the_wrong_channel_count_says_how_to_build_the_model():
                                                             "in_chans=3 or convert the images")
 
 
-@pytest.mark.parametrize("h,w", [(32, 28), (28, 32), (27, 28)])
+@pytest.mark.parametrize("h,w", [(32, 28), (28, 32), (27, 28), (30, 28)])
 def test_an_exact_size_is_checked_on_each_side(h, w):
-    assert refusal(torch.zeros(1, 1, h, w), in_chans=1, exact_size=[28, 28]) == (
-        f"net expects 28x28 images, got {h}x{w}: resize the input or build the model with input_size=({h}, {w})")
+    assert refusal(torch.zeros(1, 1, h, w), in_chans=1, exact_size=[28, 30]) == (
+        f"net expects 28x30 images, got {h}x{w}: resize the input or build the model with input_size=({h}, {w})")
 
 
 @pytest.mark.parametrize("h,w", [(36, 32), (32, 36), (16, 32), (32, 16), (0, 32)])
 def test_sides_must_be_positive_multiples_of_the_divisor(h, w):
     assert refusal(torch.zeros(1, 1, h, w), in_chans=1, divisor=32) == (
         f"net expects height and width that are multiples of 32 (e.g. 224), got {h}x{w}: resize or pad the input")
+
+
+def test_a_divisor_of_2_is_checked():
+    assert refusal(torch.zeros(1, 1, 6, 5), in_chans=1, divisor=2).startswith("net expects height and width that "
+                                                                              "are multiples of 2 (e.g. 14)")
 
 
 def test_the_checks_run_in_order_channels_then_size():
@@ -67,6 +77,7 @@ def test_global_pool_choices():
     assert check_global_pool(None, 10, current="") == "avg"          # ... and brings pooling back
     assert check_global_pool(None, 0, current="") == ""              # no head: the current pooling stays
     assert check_global_pool(None, 0) == "avg"
+    assert check_global_pool(None, 1, current="") == "avg"             # one class is a linear head too
     assert check_global_pool("avg", 0) == "avg" and check_global_pool("", 0) == ""
     with pytest.raises(ValueError) as err:
         check_global_pool("max", 0)
@@ -90,6 +101,7 @@ def test_a_new_head_takes_the_bodys_dtype_and_mode_not_the_old_heads():
     assert isinstance(head, nn.Linear) and (head.in_features, head.out_features) == (4, 7)
     assert head.weight.dtype == torch.float64 and not head.training
     assert new_classifier(Body().train(), 4, 3).training
+    assert new_classifier(Body(), 4, 1).out_features == 1  # one class: still a linear head
 
 
 def test_no_classes_is_no_head_and_a_model_without_other_parameters_gets_defaults():
