@@ -12,6 +12,7 @@ from torch import nn
 
 from nondeep import create_model
 from nondeep.checkpoint import CheckpointError, save_checkpoint
+from nondeep.errors import DatasetError
 from nondeep.data import build_loaders
 from nondeep.train.evaluate import _recorded_data, evaluate, evaluate_checkpoint
 
@@ -134,3 +135,69 @@ def test_a_dataset_the_checkpoint_does_not_fit_is_one_line(tiny_fashion, tmp_pat
         evaluate_checkpoint(tmp_path / "rgb.safetensors", data="fashion-mnist", data_dir=str(tiny_fashion))
     assert str(err.value) == (f"checkpoint {tmp_path / 'rgb.safetensors'} takes 3-channel images but fashion-mnist "
                               "has 1: evaluate it on the dataset it was trained on")
+
+
+def test_a_data_dir_given_overrides_a_recorded_path_that_is_gone(tiny_fashion, tmp_path, no_fashion_mnist_anywhere,
+                                                                monkeypatch):
+    from nondeep.data import fashion_mnist
+
+    def offline(url, timeout=60.0):
+        raise OSError("offline")
+    monkeypatch.setattr(fashion_mnist, "fetch_url", offline)
+    _checkpoint(tmp_path / "c.safetensors", tiny_fashion, path=str(tmp_path / "moved-away"))
+    with pytest.raises(DatasetError, match="Fashion-MNIST not found"):
+        evaluate_checkpoint(tmp_path / "c.safetensors")  # the recorded folder is gone, nothing else has it
+    assert evaluate_checkpoint(tmp_path / "c.safetensors", data_dir=str(tiny_fashion))["data"] == "fashion-mnist"
+
+
+def test_use_ema_evaluates_the_averaged_weights(tiny_fashion, tmp_path):
+    from torch.optim.swa_utils import AveragedModel
+
+    model = create_model("mimic_snn_1k", in_chans=1)
+    averaged = AveragedModel(create_model("mimic_snn_1k", in_chans=1))  # other weights than the model's
+    save_checkpoint(tmp_path / "c.safetensors", model, {
+        "model": "mimic_snn_1k", "model_kwargs": {"in_chans": 1, "num_classes": 10},
+        "data": {"name": "fashion-mnist", "path": str(tiny_fashion), "image_size": [28, 28], "in_chans": 1,
+                 "num_classes": 10}}, ema=averaged)
+    _, test_loader, _ = build_loaders("fashion-mnist", data_dir=str(tiny_fashion), eval_batch_size=64)
+    with_ema = evaluate_checkpoint(tmp_path / "c.safetensors", use_ema=True)
+    assert with_ema["eval_loss"] == pytest.approx(evaluate(averaged.module, test_loader, torch.device("cpu"))["eval_loss"])
+    assert evaluate_checkpoint(tmp_path / "c.safetensors")["eval_loss"] == pytest.approx(
+        evaluate(model, test_loader, torch.device("cpu"))["eval_loss"])
+
+
+def test_an_image_folder_is_read_at_the_checkpoints_side_and_channels(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 3), ("val", 2)):
+        for c, name in enumerate(("ant", "bee")):
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (40 * c, 90, 200)).save(tmp_path / "tree" / split / name / f"{i}.png")
+    model = create_model("mimic_snn_1k", input_size=(1, 12, 12), num_classes=2)  # flat: takes exactly 1x12x12
+    save_checkpoint(tmp_path / "c.safetensors", model, {
+        "model": "mimic_snn_1k", "model_kwargs": {"input_size": [1, 12, 12], "num_classes": 2},
+        "data": {"name": "tree", "path": str(tmp_path / "tree"), "image_size": [12, 12], "in_chans": 1,
+                 "num_classes": 2}})
+    result = evaluate_checkpoint(tmp_path / "c.safetensors")  # colour 16x16 images, read grey at 12x12
+    assert result["data"] == "tree" and 0 <= result["eval_top1"] <= 100
+
+
+def test_the_evaluation_batch_is_fitted_to_the_images_the_model_was_trained_on(tiny_fashion, tmp_path, monkeypatch):
+    import sys
+
+    from nondeep.train import preflight
+
+    evaluate_module = sys.modules["nondeep.train.evaluate"]  # the package exports the function of that name
+
+    _checkpoint(tmp_path / "c.safetensors", tiny_fashion, image_size=(32, 32))
+    asked, batches = [], []
+    real_bytes, real_build = preflight.activation_bytes, evaluate_module.build_loaders
+    monkeypatch.setattr(preflight, "activation_bytes", lambda m, image: asked.append(image) or real_bytes(m, image))
+    monkeypatch.setattr(evaluate_module, "build_loaders",
+                        lambda *a, **k: batches.append((k["batch_size"], k["eval_batch_size"])) or real_build(*a, **k))
+    largest = real_bytes(create_model("mimic_snn_1k", input_size=(1, 32, 32)), (1, 32, 32))[1]
+    monkeypatch.setattr(preflight, "device_memory", lambda device: int(2 * 12 * largest * 40))  # 40 images fit
+    evaluate_checkpoint(tmp_path / "c.safetensors")
+    evaluate_checkpoint(tmp_path / "c.safetensors", batch_size=7)
+    assert asked == [(1, 32, 32)] and batches == [(40, 40), (7, 7)]
