@@ -217,3 +217,51 @@ def test_a_checkpoint_of_another_run_names_what_differs(change, key, had, asked)
     assert str(err.value) == (f"--resume: run/last.safetensors is a run of {meta['model']} on {meta['data']['name']} "
                               f"whose {key} is {had!r}, not {asked!r}: resume it with the options it was started "
                               "with, or choose another --out")
+
+
+def test_the_probe_is_built_for_the_datas_classes_and_channels(monkeypatch):
+    probes = []
+    real = preflight.activation_bytes
+    monkeypatch.setattr(preflight, "activation_bytes", lambda model, size: probes.append(model) or real(model, size))
+    fit_batches(config_from_dict({"model": "mimic_snn_1k"}), CPU, 3, 3, (28, 28))
+    assert (probes[0].num_classes, probes[0].in_chans) == (3, 3)
+
+
+def test_on_this_machines_memory_a_small_model_keeps_its_batches():
+    """The real device_memory of the CPU (no patch): parnet_tiny's batches fit in any machine that runs it."""
+    cfg = config_from_dict({"model": "mimic_snn_1k", "batch_size": 256, "eval_batch_size": 1024})
+    assert fit_batches(cfg, CPU, 10, 1, (28, 28)) == (256, 1024)
+
+
+def test_two_images_are_enough_to_train(monkeypatch, capsys):
+    cfg = config_from_dict({"model": "mimic_snn_1k", "batch_size": 8, "lr": 0.1})
+    total, _ = activation_bytes(build_model("mimic_snn_1k", {"num_classes": 10, "in_chans": 1}), (1, 28, 28))
+    _memory(monkeypatch, int(2 * 2.5 * total * 2) + 1)  # exactly two images
+    assert fit_batches(cfg, CPU, 10, 1, (28, 28))[0] == 2
+    assert "training with batch 2 and lr 0.025 " in capsys.readouterr().err
+
+
+def test_the_messages_give_the_memory_in_gib(monkeypatch, capsys):
+    gib = 2 ** 30
+    monkeypatch.setattr(preflight, "activation_bytes", lambda model, size: (int(0.4 * gib), 1))  # 0.4 GiB an image
+    _memory(monkeypatch, 8 * gib)  # half: 4 GiB, 4 images at 2.5 x 0.4 GiB
+    cfg = config_from_dict({"model": "mimic_snn_1k", "batch_size": 16, "lr": 0.2})
+    assert fit_batches(cfg, CPU, 10, 1, (28, 30))[0] == 4
+    assert capsys.readouterr().err == ("nondeep: batch 16 of 1x28x30 images would need about 16.0 GiB for "
+                                       "mimic_snn_1k; training with batch 4 and lr 0.05 (scaled with the batch) to "
+                                       "fit in 4.0 GiB\n")
+    _memory(monkeypatch, int(3 * gib))  # half: 1.5 GiB, one image
+    with pytest.raises(NondeepError) as err:
+        fit_batches(cfg, CPU, 10, 1, (28, 30))
+    assert str(err.value) == ("mimic_snn_1k on 1x28x30 images needs about 1.0 GiB an image to train, more than half "
+                              "of this device's 3.0 GiB allows for two: use a smaller --image-size or a smaller "
+                              "model")
+
+
+def test_a_batch_that_fits_exactly_is_kept_whole():
+    assert preflight._fit(10, 1.0, 10.0) == 10   # not lowered to the multiple of 8 below
+    assert preflight._fit(10, 1.0, 9.0) == 8
+
+
+def test_an_unchanged_batch_keeps_the_lr_to_the_bit():
+    assert fitted_config(config_from_dict({"batch_size": 3, "lr": 0.1}), 3, 3).lr == 0.1  # 0.1 * 3 / 3 != 0.1
