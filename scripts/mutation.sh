@@ -55,7 +55,8 @@ for module in "${MODULES[@]}"; do
   tests="${TESTS[$module]:?no tests listed for $module}"
   copy="$WORK/${module//\//_}"
   rm -rf "$copy" && mkdir -p "$copy"
-  git -C "$ROOT" archive HEAD | tar -x -C "$copy"
+  tree="$(git -C "$ROOT" rev-parse --short HEAD)"
+  git -C "$ROOT" archive "$tree" | tar -x -C "$copy"
   {
     echo "[mutmut]"
     echo "source_paths=src/"
@@ -72,6 +73,7 @@ for module in "${MODULES[@]}"; do
   (cd "$copy" && "$MUTMUT" results --all true > results.txt 2>&1) || true
   {
     echo "module: src/nondeep/$module"
+    echo "tree: $tree"
     echo "tests: $tests"
     echo "minutes: $(( ($(date +%s) - start) / 60 ))"
     for status in killed survived "no tests" timeout suspicious segfault skipped; do
