@@ -108,3 +108,48 @@ def test_conv_layers_stack_conv_relu_pool_and_keep_the_one_layer_keys():
         ConvShallowMimicNet(conv_layers=0)
     with pytest.raises(ValueError, match="max-pools leave nothing"):
         ShallowMimicNet(input_size=(1, 8, 8), conv_layers=4)
+
+
+def test_each_bad_argument_is_one_exact_line():
+    cases = [
+        (lambda: ShallowMimicNet(input_size=(1, 2, 28, 28)), "input_size must be (C, H, W) or (H, W), got (1, 2, 28, 28)"),
+        (lambda: ShallowMimicNet(input_size=(28,)), "input_size must be (C, H, W) or (H, W), got (28,)"),
+        (lambda: ShallowMimicNet(activation="gelu"), "activation must be one of ['relu', 'sigmoid', 'tanh'], got 'gelu'"),
+        (lambda: ShallowMimicNet(conv_layers=-1), "need conv_layers >= 0 and conv_channels >= 1, got -1 and 128"),
+        (lambda: ShallowMimicNet(conv_layers=1, conv_channels=0), "need conv_layers >= 0 and conv_channels >= 1, got 1 and 0"),
+        (lambda: ShallowMimicNet(input_size=(1, 8, 16), conv_layers=4),
+         "4 2x2 max-pools leave nothing of a 8x16 input: use fewer conv_layers"),
+        (lambda: ConvShallowMimicNet(conv_layers=0),
+         "conv_layers must be >= 1, got 0: use ShallowMimicNet for no conv"),
+    ]
+    for build, message in cases:
+        with pytest.raises(ValueError) as err:
+            build()
+        assert str(err.value) == message
+
+
+def test_the_edges_of_the_arguments_are_accepted():
+    assert ShallowMimicNet(input_size=(1, 8, 16), conv_layers=3, hidden=4).bottleneck.in_features == 128 * 1 * 2
+    assert ShallowMimicNet(conv_layers=0, conv_channels=0, hidden=4).bottleneck.in_features == 784  # no conv: unused
+    assert isinstance(ShallowMimicNet(hidden=4).act, nn.ReLU) and isinstance(ShallowMimicNet(hidden=4, activation="sigmoid").act, nn.Sigmoid)
+    plain = ShallowMimicNet(hidden=4, bottleneck=None)
+    assert plain.bottleneck is None and plain.hidden.in_features == 784
+    assert plain(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert ShallowMimicNet(hidden=4, bottleneck=0).bottleneck is None  # 0 units: no bottleneck either
+    assert ShallowMimicNet(hidden=4, bottleneck=7).bottleneck.bias is None  # linear, no bias
+
+
+def test_the_head_of_a_flat_net():
+    model = ShallowMimicNet(hidden=6)
+    assert model.get_classifier() is model.fc and model.num_features == model.head_hidden_size == 6
+    model.reset_classifier(0)
+    assert isinstance(model.fc, nn.Identity) and model.num_classes == 0
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 6)  # the hidden activations
+    model.reset_classifier(3, global_pool="avg")
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 3) and model.num_classes == 3
+    with pytest.raises(ValueError) as err:
+        model.reset_classifier(3, global_pool="")
+    assert str(err.value) == "ShallowMimicNet is a flat net with no pooling to change: global_pool=''"
+    features = model.forward_features(torch.randn(2, 1, 28, 28))
+    assert torch.equal(model.forward_head(features, pre_logits=True), features)
+    assert model.name == "ShallowMimicNet" and ConvShallowMimicNet(hidden=4).name == "ConvShallowMimicNet"
