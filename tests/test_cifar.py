@@ -109,7 +109,8 @@ def test_a_file_that_is_not_a_pickle_or_is_cut_is_refused(tmp_path):
 
 @pytest.mark.parametrize("obj", [[1, 2], (1,), 3, "data"], ids=["list", "tuple", "int", "str"])
 def test_a_pickle_that_is_not_a_dict_is_refused(tmp_path, obj):
-    assert refusal(dump(tmp_path / "p", obj)) == f"{tmp_path / 'p'} is not a valid CIFAR file (the pickle is not a dict); {ADVICE}"
+    assert refusal(dump(tmp_path / "p", obj)) == (f"{tmp_path / 'p'} is not a valid CIFAR file (the pickle is not a "
+                                                  f"dict); {ADVICE}")
 
 
 def test_a_dict_built_with_mark_dict_is_a_dict(tmp_path):

@@ -161,7 +161,8 @@ def test_use_ema_evaluates_the_averaged_weights(tiny_fashion, tmp_path):
                  "num_classes": 10}}, ema=averaged)
     _, test_loader, _ = build_loaders("fashion-mnist", data_dir=str(tiny_fashion), eval_batch_size=64)
     with_ema = evaluate_checkpoint(tmp_path / "c.safetensors", use_ema=True)
-    assert with_ema["eval_loss"] == pytest.approx(evaluate(averaged.module, test_loader, torch.device("cpu"))["eval_loss"])
+    expected = evaluate(averaged.module, test_loader, torch.device("cpu"))["eval_loss"]
+    assert with_ema["eval_loss"] == pytest.approx(expected)
     assert evaluate_checkpoint(tmp_path / "c.safetensors")["eval_loss"] == pytest.approx(
         evaluate(model, test_loader, torch.device("cpu"))["eval_loss"])
 

@@ -76,7 +76,8 @@ def test_the_data_must_fill_the_header_exactly():
     raw = header(0x0C, 2, 2) + np.arange(4, dtype=">i4").tobytes()
     assert read_idx_bytes(raw).tolist() == [[0, 1], [2, 3]]
     assert refusal(raw[:-1]) == f"<bytes> is not a valid IDX file (27 bytes where its header [2, 2] needs 28); {ADVICE}"
-    assert refusal(raw + b"\0") == f"<bytes> is not a valid IDX file (29 bytes where its header [2, 2] needs 28); {ADVICE}"
+    assert refusal(raw + b"\0") == (f"<bytes> is not a valid IDX file (29 bytes where its header [2, 2] needs 28); "
+                                   f"{ADVICE}")
 
 
 def test_read_idx_decompresses_gz_by_name_or_by_magic(tmp_path):

@@ -112,11 +112,14 @@ def test_conv_layers_stack_conv_relu_pool_and_keep_the_one_layer_keys():
 
 def test_each_bad_argument_is_one_exact_line():
     cases = [
-        (lambda: ShallowMimicNet(input_size=(1, 2, 28, 28)), "input_size must be (C, H, W) or (H, W), got (1, 2, 28, 28)"),
+        (lambda: ShallowMimicNet(input_size=(1, 2, 28, 28)),
+         "input_size must be (C, H, W) or (H, W), got (1, 2, 28, 28)"),
         (lambda: ShallowMimicNet(input_size=(28,)), "input_size must be (C, H, W) or (H, W), got (28,)"),
-        (lambda: ShallowMimicNet(activation="gelu"), "activation must be one of ['relu', 'sigmoid', 'tanh'], got 'gelu'"),
+        (lambda: ShallowMimicNet(activation="gelu"),
+         "activation must be one of ['relu', 'sigmoid', 'tanh'], got 'gelu'"),
         (lambda: ShallowMimicNet(conv_layers=-1), "need conv_layers >= 0 and conv_channels >= 1, got -1 and 128"),
-        (lambda: ShallowMimicNet(conv_layers=1, conv_channels=0), "need conv_layers >= 0 and conv_channels >= 1, got 1 and 0"),
+        (lambda: ShallowMimicNet(conv_layers=1, conv_channels=0),
+         "need conv_layers >= 0 and conv_channels >= 1, got 1 and 0"),
         (lambda: ShallowMimicNet(input_size=(1, 8, 16), conv_layers=4),
          "4 2x2 max-pools leave nothing of a 8x16 input: use fewer conv_layers"),
         (lambda: ConvShallowMimicNet(conv_layers=0),
@@ -131,7 +134,8 @@ def test_each_bad_argument_is_one_exact_line():
 def test_the_edges_of_the_arguments_are_accepted():
     assert ShallowMimicNet(input_size=(1, 8, 16), conv_layers=3, hidden=4).bottleneck.in_features == 128 * 1 * 2
     assert ShallowMimicNet(conv_layers=0, conv_channels=0, hidden=4).bottleneck.in_features == 784  # no conv: unused
-    assert isinstance(ShallowMimicNet(hidden=4).act, nn.ReLU) and isinstance(ShallowMimicNet(hidden=4, activation="sigmoid").act, nn.Sigmoid)
+    assert isinstance(ShallowMimicNet(hidden=4).act, nn.ReLU)
+    assert isinstance(ShallowMimicNet(hidden=4, activation="sigmoid").act, nn.Sigmoid)
     plain = ShallowMimicNet(hidden=4, bottleneck=None)
     assert plain.bottleneck is None and plain.hidden.in_features == 784
     assert plain(torch.randn(2, 1, 28, 28)).shape == (2, 10)
