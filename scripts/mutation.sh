@@ -38,6 +38,7 @@ declare -A TESTS=(
   [data/__init__.py]="tests/test_build_loaders.py tests/test_data.py"
   [data/cifar.py]="tests/test_cifar.py tests/test_data.py"
   [models/features.py]="tests/test_feature_indices.py $FEATURE_TESTS"
+  [models/_registry.py]="tests/test_registry.py tests/test_external_models.py"
   [models/wrn.py]="tests/test_wrn.py tests/test_reference_outputs.py $FEATURE_TESTS"
   [models/mimic.py]="tests/test_mimic.py tests/test_reference_outputs.py"
   [models/preact_resnet.py]="tests/test_wrn.py tests/test_reference_outputs.py"
@@ -48,7 +49,7 @@ ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py model
        models/_helpers.py train/evaluate.py train/preflight.py
        data/folder.py models/wrn.py models/mimic.py models/preact_resnet.py models/resnet_small.py
        data/cifar.py data/__init__.py
-       models/features.py)
+       models/features.py models/_registry.py)
 MODULES=("${@:-${ORDER[@]}}")
 
 for module in "${MODULES[@]}"; do
