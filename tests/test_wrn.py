@@ -8,7 +8,7 @@ from torch import nn
 from nondeep import measure
 from nondeep.errors import InputShapeError
 from nondeep.models import WideResNet, create_model, get_default_cfg
-from nondeep.models.wrn import PreActBasicBlock, PreActBottleneck
+from nondeep.models.wrn import PreActBasicBlock, PreActBottleneck, blocks_per_group
 
 # (name, paper's parameters in millions, tolerance): WRN paper, CIFAR-10 (10 classes).
 PAPER_PARAMS_M = [
@@ -101,3 +101,81 @@ def test_bad_arguments():
         WideResNet(16, 0)
     with pytest.raises(ValueError, match="block must be one of"):
         WideResNet(16, 1, block="wide")
+
+
+def test_depth_rules_and_their_exact_refusals():
+    assert blocks_per_group(16) == 2 and blocks_per_group(20, depth_rule="resnet") == 3
+    assert blocks_per_group(29, "bottleneck") == 3 and blocks_per_group(29, "bottleneck", "resnet") == 3
+    assert blocks_per_group(10) == 1  # the smallest: N = 1
+    with pytest.raises(ValueError) as err:
+        blocks_per_group(17)
+    assert str(err.value) == ("depth 17 does not fit basic blocks: the depth must be 6N+4 for N >= 1 (10, 16, 22, "
+                              "28, 34, 40, ...)")
+    with pytest.raises(ValueError) as err:
+        blocks_per_group(2, "bottleneck")
+    assert str(err.value) == ("depth 2 does not fit bottleneck blocks: the depth must be 9N+2 for N >= 1 (11, 20, "
+                              "29, 38, 47, 56, ...)")
+    with pytest.raises(ValueError) as err:
+        blocks_per_group(16, depth_rule="he")
+    assert str(err.value) == "depth_rule must be 'wrn' or 'resnet', got 'he'"
+    with pytest.raises(ValueError) as err:
+        blocks_per_group(16, block="wide")
+    assert str(err.value) == "block must be one of ['basic', 'bottleneck'], got 'wide'"
+
+
+def test_widths_names_and_feature_levels():
+    assert WideResNet(10, 1 / 16).layer1[0].conv1.out_channels == 1  # the narrowest: one channel
+    with pytest.raises(ValueError) as err:
+        WideResNet(10, 0.06)
+    assert str(err.value) == "widen_factor must be >= 1/16 (at least one channel), got 0.06"
+    fractional = WideResNet(10, 2.5)
+    groups = (fractional.layer1, fractional.layer2, fractional.layer3)
+    assert fractional.name == "wrn_10_2.5" and [g[0].conv1.out_channels for g in groups] == [40, 80, 160]
+    assert WideResNet(20, 1, depth_rule="resnet").name == "preact_resnet_20"
+    assert WideResNet(10, 1, stem_width=8).conv1.out_channels == 8
+    bottleneck = WideResNet(11, 2, block="bottleneck", in_chans=1)
+    assert bottleneck.feature_info == [dict(num_chs=128, reduction=1, module="layer1"),
+                                       dict(num_chs=256, reduction=2, module="layer2"),
+                                       dict(num_chs=512, reduction=4, module="act")]
+    assert isinstance(bottleneck.layer1[0].drop, nn.Identity)
+    assert (bottleneck.block, bottleneck.in_chans) == ("bottleneck", 1)
+    assert isinstance(WideResNet(11, 1, block="bottleneck", drop_rate=0.2).layer1[0].drop, nn.Dropout)
+
+
+def test_intermediates_stop_early_and_refuse_other_formats():
+    model = create_model("wrn_16_1").eval()
+    x = torch.randn(1, 3, 16, 16)
+    final, levels = model.forward_intermediates(x)
+    assert [tuple(m.shape) for m in levels] == [(1, 16, 16, 16), (1, 32, 8, 8), (1, 64, 4, 4)]
+    torch.testing.assert_close(final, model.forward_features(x))
+    torch.testing.assert_close(levels[2], final)
+    early_final, early = model.forward_intermediates(x, indices=[0], stop_early=True)
+    assert len(early) == 1 and early_final.shape == (1, 16, 16, 16)  # nothing after layer1 ran
+    late_final, _ = model.forward_intermediates(x, indices=[0])
+    torch.testing.assert_close(late_final, final)  # without stop_early the final map is the last one
+    assert len(model.forward_intermediates(x, indices=2, intermediates_only=True)) == 2
+    with pytest.raises(ValueError) as err:
+        model.forward_intermediates(x, output_fmt="NHWC")
+    assert str(err.value) == "wrn_16_1 gives NCHW maps only, got output_fmt='NHWC'"
+
+
+def test_pruning_keeps_what_the_levels_need():
+    for level, gone in ((0, ("layer2", "layer3", "bn", "act")), (1, ("layer3", "bn", "act")), (2, ())):
+        model = create_model("wrn_16_1")
+        assert model.prune_intermediate_layers([level]) == [level]
+        assert isinstance(model.fc, nn.Identity) and model.num_classes == 0
+        assert all(isinstance(getattr(model, name), nn.Identity) for name in gone)
+        kept = {"layer1", "layer2", "layer3", "bn", "act"} - set(gone)
+        assert not any(isinstance(getattr(model, name), nn.Identity) for name in kept - {"act"})
+    with pytest.raises(ValueError) as err:
+        create_model("wrn_16_1").prune_intermediate_layers([1], prune_head=False)
+    assert str(err.value) == ("prune_head=False keeps the classifier, which needs the last group: include level 2 "
+                              "in indices or prune the head")
+
+
+def test_a_new_head_starts_with_zero_bias_and_the_pooling_follows():
+    model = create_model("wrn_16_1")
+    model.reset_classifier(0, global_pool="")
+    assert model.global_pool == "" and model(torch.randn(1, 3, 8, 8)).shape == (1, 64, 2, 2)  # the unpooled map
+    model.reset_classifier(5)
+    assert model.global_pool == "avg" and torch.all(model.fc.bias == 0) and model.fc.out_features == 5
