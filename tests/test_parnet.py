@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from nondeep import InputShapeError, create_model, measure, reparameterize_model
 from nondeep.models import ParNet, RepVGGBlock
@@ -97,3 +98,79 @@ def test_wrong_channels_and_size_say_what_is_expected():
         create_model("parnet_s")(torch.randn(1, 3, 100, 100))
     with pytest.raises(ValueError, match="widths"):
         ParNet(widths=(8, 16, 32), stream_depths=(1, 1, 1))
+
+
+def _stream_widths(model) -> list[int]:
+    return [stream[0].conv3x3.conv.out_channels if len(stream) else None for stream in model.streams]
+
+
+def test_widths_are_scaled_to_multiples_of_8_and_streams_continue_the_pattern():
+    assert _stream_widths(create_model("parnet_tiny", width_multiplier=0.5)) == [8, 16, 32]
+    # 0.35 x (16, 32, 64) = 5.6, 11.2, 22.4: at least 8, then the nearest multiple of 8
+    assert _stream_widths(create_model("parnet_tiny", width_multiplier=0.35)) == [8, 8, 24]
+    assert create_model("parnet_tiny", width_multiplier=0.5).num_features == 64
+    assert create_model("parnet_tiny", width_multiplier=0.01).num_features == 8  # never below 8
+    assert create_model("parnet_tiny", head_width=40).num_features == 40
+    five = create_model("parnet_tiny", num_streams=5)
+    assert _stream_widths(five) == [16, 32, 64, 128, 256]  # each new stream doubles the width
+    assert [len(s) for s in five.streams] == [3, 4, 4, 4, 4]  # ... with the last stream's depth (small form: -1)
+    assert _stream_widths(create_model("parnet_tiny", num_streams=2)) == [16, 32]
+    with pytest.raises(ValueError) as err:
+        create_model("parnet_tiny", num_streams=0)
+    assert str(err.value) == "num_streams must be >= 1, got 0"
+    with pytest.raises(ValueError) as err:
+        ParNet(widths=(8, 16, 32), stream_depths=(1, 1, 1))
+    assert str(err.value) == ("widths needs one entry per stream plus the head width: got 3 widths for 3 streams")
+    with pytest.raises(ValueError, match="got 1 widths for 0 streams"):
+        ParNet(widths=(8,), stream_depths=())
+
+
+def test_the_input_divisor_follows_the_form_and_the_streams():
+    assert create_model("parnet_tiny").input_divisor == 4
+    assert create_model("parnet_tiny", num_streams=1).input_divisor == 1
+    assert create_model("parnet_tiny", num_streams=4).input_divisor == 8
+    assert create_model("parnet_s").input_divisor == 32
+    assert create_model("parnet_s", num_streams=1).input_divisor == 8
+
+
+def test_the_small_image_form_of_the_imagenet_widths():
+    model = create_model("parnet_small_image_s", width_multiplier=0.25)
+    assert model.small_image and model.num_classes == 10 and model.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert model.num_features == 2 * _stream_widths(model)[2]  # the narrower 1x1 head: twice the last stream
+    assert create_model("parnet_small_image_s", width_multiplier=0.25, num_classes=5).num_classes == 5
+    assert create_model("parnet_s", width_multiplier=0.25).pretrained_cfg["input_size"] == (3, 224, 224)
+
+
+def test_dropout_before_the_classifier_in_training_only():
+    model = create_model("parnet_tiny", drop_rate=0.5, width_multiplier=0.5)
+    features = torch.ones(4, model.num_features, 2, 2)
+    model.train()
+    pooled = model.forward_head(features, pre_logits=True)
+    assert set(pooled.unique().tolist()) == {0.0, 2.0}  # dropped or scaled by 1 / (1 - 0.5)
+    model.eval()
+    assert torch.equal(model.forward_head(features, pre_logits=True), torch.ones(4, model.num_features))
+
+
+def test_intermediates_refuse_other_formats_and_pruning_names_the_head_level():
+    model = create_model("parnet_tiny")
+    with pytest.raises(ValueError) as err:
+        model.forward_intermediates(torch.randn(1, 3, 32, 32), output_fmt="NHWC")
+    assert str(err.value) == "ParNet gives NCHW maps only, got output_fmt='NHWC'"
+    with pytest.raises(ValueError) as err:
+        model.prune_intermediate_layers([2], prune_head=False)
+    assert str(err.value) == ("prune_head=False keeps the classifier, which needs the head conv: include the last "
+                              "level (3) in indices or prune the head")
+
+
+def test_pruning_to_a_stream_keeps_only_what_it_needs():
+    model = create_model("parnet_tiny")
+    assert model.prune_intermediate_layers([1]) == [1]
+    assert isinstance(model.streams[0], nn.Identity) and len(model.streams) == 2  # stream 0 not asked for
+    assert len(model.downsamples) == 1 and len(model.fusions) == 0 and model.first_stream_down is None
+    assert isinstance(model.head_conv, nn.Identity) and isinstance(model.fc, nn.Identity)
+    fused = create_model("parnet_tiny")
+    fused.prune_intermediate_layers([2])  # the fused level: streams and fusions stay, the head conv goes
+    assert len(fused.streams) == 3 and len(fused.fusions) == 2 and isinstance(fused.head_conv, nn.Identity)
+    head = create_model("parnet_tiny")
+    head.prune_intermediate_layers([3])
+    assert not isinstance(head.head_conv, nn.Identity) and isinstance(head.fc, nn.Identity)
