@@ -157,3 +157,18 @@ def test_the_head_of_a_flat_net():
     features = model.forward_features(torch.randn(2, 1, 28, 28))
     assert torch.equal(model.forward_head(features, pre_logits=True), features)
     assert model.name == "ShallowMimicNet" and ConvShallowMimicNet(hidden=4).name == "ConvShallowMimicNet"
+
+
+def test_defaults_heads_and_positional_arguments():
+    """The paper's 8k hidden units by default; a head of 0 classes is none and 1 class a linear head; the conv
+    student takes ShallowMimicNet's arguments positionally too; one conv channel is enough."""
+    assert ShallowMimicNet().hidden.out_features == 8000 and ShallowMimicNet().bottleneck.out_features == 250
+    x = torch.randn(2, 1, 28, 28)
+    assert ShallowMimicNet(hidden=4, num_classes=0)(x).shape == (2, 4)
+    assert ShallowMimicNet(hidden=4, num_classes=1)(x).shape == (2, 1)
+    conv = ConvShallowMimicNet((1, 32, 32), 3, 4, conv_channels=2)
+    assert conv.input_size == (1, 32, 32) and conv(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+    assert ShallowMimicNet(conv_layers=1, conv_channels=1, hidden=4).bottleneck.in_features == 14 * 14
+    with pytest.raises(InputShapeError) as err:
+        ShallowMimicNet(hidden=4)(torch.randn(2, 1, 32, 32))
+    assert str(err.value).startswith("ShallowMimicNet expects 28x28 images, got 32x32")
