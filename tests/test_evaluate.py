@@ -202,3 +202,17 @@ def test_the_evaluation_batch_is_fitted_to_the_images_the_model_was_trained_on(t
     evaluate_checkpoint(tmp_path / "c.safetensors")
     evaluate_checkpoint(tmp_path / "c.safetensors", batch_size=7)
     assert asked == [(1, 32, 32)] and batches == [(40, 40), (7, 7)]
+
+
+def test_a_checkpoint_that_records_no_image_is_probed_at_its_models_own_size(tiny_fashion, tmp_path, monkeypatch):
+    from nondeep.train import preflight
+
+    model = create_model("mimic_snn_1k", in_chans=1)  # flat: a probe at any other size than 1x28x28 fails
+    save_checkpoint(tmp_path / "c.safetensors", model, {
+        "model": "mimic_snn_1k", "model_kwargs": {"in_chans": 1}, "data": {"name": "fashion-mnist",
+                                                                            "path": str(tiny_fashion)}})
+    asked = []
+    real = preflight.activation_bytes
+    monkeypatch.setattr(preflight, "activation_bytes", lambda m, image: asked.append(image) or real(m, image))
+    assert evaluate_checkpoint(tmp_path / "c.safetensors")["data"] == "fashion-mnist"
+    assert asked == [(1, 28, 28)]

@@ -51,8 +51,9 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, data_dir: str
     else:  # an in-memory set is resized to the side the model was trained at (the lab scaling's resolutions)
         size = dict(image_size=int(trained["image_size"][0])) if trained.get("image_size") else {}
     if batch_size is None:
-        image = (int(trained.get("in_chans", getattr(model, "in_chans", 3))),
-                 *map(int, trained.get("image_size", (224, 224))))
+        # a checkpoint that records no image (older ones) is probed at its model's own input size
+        own = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
+        image = (int(trained.get("in_chans", own[0])), *map(int, trained.get("image_size", own[1:])))
         batch_size = eval_batch_for(EVAL_BATCH, activation_bytes(model, image)[1], device)
     _, eval_loader, info = build_loaders(data, data_dir=data_dir, batch_size=batch_size, eval_batch_size=batch_size,
                                          device=device, **size)
