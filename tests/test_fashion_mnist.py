@@ -307,12 +307,8 @@ def test_download_refuses_a_bad_checksum_and_leaves_no_file(monkeypatch):
 
 
 def test_download_verifies_and_writes_into_the_cache(tmp_path, monkeypatch):
-    src = fake(tmp_path / "server", n_train=40)
-    blobs = {p.name: p.read_bytes() for p in src.iterdir()}
-    monkeypatch.setattr(fashion_mnist, "MD5", {k: hashlib.md5(v).hexdigest() for k, v in blobs.items()})
-    fetched = []
-    monkeypatch.setattr(fashion_mnist, "fetch_url",
-                        lambda url, timeout=60.0: fetched.append(url) or blobs[url.rsplit("/", 1)[1]])
+    blobs = {p.name: p.read_bytes() for p in fake(tmp_path / "server", n_train=40).iterdir()}
+    fetched = _serve(monkeypatch, blobs)
     images, labels = fashion_mnist.load_fashion_mnist("test")
     assert images.shape == (10, 1, 28, 28) and len(fetched) == 4
     assert sorted(p.name for p in fashion_mnist.cache_dir().iterdir()) == sorted(blobs)  # no temp files

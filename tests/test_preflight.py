@@ -228,7 +228,7 @@ def test_the_probe_is_built_for_the_datas_classes_and_channels(monkeypatch):
 
 
 def test_on_this_machines_memory_a_small_model_keeps_its_batches():
-    """The real device_memory of the CPU (no patch): parnet_tiny's batches fit in any machine that runs it."""
+    """The real device_memory of the CPU (no patch): a small flat net's batches fit in any machine that runs the suite."""
     cfg = config_from_dict({"model": "mimic_snn_1k", "batch_size": 256, "eval_batch_size": 1024})
     assert fit_batches(cfg, CPU, 10, 1, (28, 28)) == (256, 1024)
 
