@@ -10,6 +10,7 @@ import torch
 
 from nondeep import measure
 from nondeep.cli import main
+from nondeep.experiments import scaling as scaling_module
 from nondeep.experiments._lab import MATCH_TOLERANCE, Budget, LabError, cost_of
 from nondeep.experiments.scaling import (DEPTH, depth12_stream_counts, parse_joint, plan_scaling, realized_shares,
                                          run_scaling_lab)
@@ -126,3 +127,17 @@ def test_the_readme_row_of_the_scaling_lab_leads_with_the_most_accurate_axis_per
     assert row.startswith("| [scaling](docs/results/scaling.md)")
     leader = f"most accurate at 2x: resolution 40px ({versus['verdict']})"
     assert f"{leader}; resolution 40px vs WRN-16-1.85: computed" in row
+
+
+@pytest.mark.parametrize("device, levels", [("cpu", (1.0, 2.0)), ("cuda", (1.0, 2.0, 4.0))])
+def test_default_levels_follow_the_device(monkeypatch, device, levels):
+    """A CPU cannot afford the 4x level at a budget that learns anything, so its default stops at 2x."""
+    seen = []
+
+    def planned(base, levels, axes, joint):
+        seen.append(tuple(levels))
+        raise LabError("planned")
+    monkeypatch.setattr(scaling_module, "plan_scaling", planned)
+    with pytest.raises(LabError, match="planned"):
+        run_scaling_lab(budget=Budget(device=device))
+    assert seen == [levels]
