@@ -18,7 +18,7 @@ DEFAULTS = {
     "epochs": 10, "batch_size": 256, "eval_batch_size": 1024, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
     "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "warmup_epochs": 0.0,
     "step_milestones": [0.3, 0.6, 0.8], "step_gamma": 0.2, "label_smoothing": 0.1, "grad_clip": 0.0,
-    "ema_decay": 0.0, "crop_padding": 2, "flip": True, "cutout": 0,
+    "ema_decay": 0.0, "crop_padding": 2, "flip": True, "cutout": 0, "tta_flip": False,
     "device": "auto", "amp": True, "channels_last": False, "compile": False, "threads": None, "num_workers": 2,
     "seed": 0, "deterministic": False, "checkpoint_every_steps": 0, "checkpoint_every_minutes": 0.0,
     "on_nan": "stop", "progress": True,

@@ -68,6 +68,20 @@ def test_channels_last_is_what_the_model_gets_when_asked():
     assert model.seen_channels_last == [False, True]
 
 
+def test_tta_flip_scores_the_mean_of_the_logits_of_an_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))  # not mirror-symmetric
+    x, y = torch.randn(10, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    loader = [(x[:6], y[:6]), (x[6:], y[6:])]
+    with torch.no_grad():
+        plain, mirrored = model(x), model(x.flip(-1))
+    assert not torch.allclose(plain, mirrored)  # else the test could not tell TTA from no TTA
+    for tta, logits in ((False, plain), (True, (plain + mirrored) / 2)):
+        result = evaluate(model, loader, torch.device("cpu"), tta_flip=tta)
+        assert result["eval_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+        assert result["eval_top1"] == pytest.approx(100 * (logits.argmax(1) == y).float().mean().item())
+
+
 def test_no_graph_is_recorded():
     model = FixedLogits(torch.zeros(3, 3))
     evaluate(model, batches([0, 1, 0], 2), torch.device("cpu"))
@@ -101,12 +115,13 @@ def test_a_missing_dataset_says_what_to_pass(tmp_path):
 
 # ---------------------------------------------------------------- a checkpoint on its dataset
 
-def _checkpoint(file, tiny_fashion, image_size=(28, 28), in_chans=1, num_classes=10, **data):
+def _checkpoint(file, tiny_fashion, image_size=(28, 28), in_chans=1, num_classes=10, config=None, **data):
     model = create_model("mimic_snn_1k", input_size=image_size, in_chans=in_chans, num_classes=num_classes)
     recorded = {"name": "fashion-mnist", "path": str(tiny_fashion), "image_size": list(image_size),
                 "in_chans": in_chans, "num_classes": num_classes, **data}
     kwargs = {"input_size": list(image_size), "in_chans": in_chans, "num_classes": num_classes}
-    save_checkpoint(file, model, {"model": "mimic_snn_1k", "model_kwargs": kwargs, "data": recorded})
+    save_checkpoint(file, model, {"model": "mimic_snn_1k", "model_kwargs": kwargs, "data": recorded,
+                                  **({"config": config} if config else {})})
     return model.eval()
 
 
@@ -115,8 +130,21 @@ def test_a_checkpoint_is_evaluated_on_the_test_split_it_recorded(tiny_fashion, t
     result = evaluate_checkpoint(tmp_path / "c.safetensors", batch_size=100)
     _, test_loader, _ = build_loaders("fashion-mnist", data_dir=str(tiny_fashion), eval_batch_size=100)
     assert result == {"checkpoint": str(tmp_path / "c.safetensors"), "model": "mimic_snn_1k",
-                      "data": "fashion-mnist", "fused": False, **evaluate(model, test_loader, torch.device("cpu"))}
+                      "data": "fashion-mnist", "fused": False, "tta_flip": False,
+                      **evaluate(model, test_loader, torch.device("cpu"))}
     assert evaluate_checkpoint(tmp_path / "c.safetensors", fused=True)["fused"] is True
+
+
+def test_a_checkpoint_is_evaluated_with_the_tta_its_run_evaluated_with(tiny_fashion, tmp_path):
+    model = _checkpoint(tmp_path / "c.safetensors", tiny_fashion, config={"tta_flip": True})
+    _, test_loader, _ = build_loaders("fashion-mnist", data_dir=str(tiny_fashion), eval_batch_size=100)
+    cpu = torch.device("cpu")
+    with_tta, without = evaluate(model, test_loader, cpu, tta_flip=True), evaluate(model, test_loader, cpu)
+    assert with_tta["eval_loss"] != without["eval_loss"]
+    recorded = evaluate_checkpoint(tmp_path / "c.safetensors", batch_size=100)
+    assert recorded["tta_flip"] is True and recorded["eval_loss"] == pytest.approx(with_tta["eval_loss"])
+    asked = evaluate_checkpoint(tmp_path / "c.safetensors", batch_size=100, tta_flip=False)
+    assert asked["tta_flip"] is False and asked["eval_loss"] == pytest.approx(without["eval_loss"])
 
 
 def test_an_in_memory_set_is_resized_to_the_side_the_model_trained_at(tiny_fashion, tmp_path):

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..errors import NondeepError
 
-COMMANDS = ["models", "train", "distill", "quickstart", "lab", "export", "bench"]
+COMMANDS = ["models", "train", "distill", "quickstart", "speedrun", "lab", "export", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

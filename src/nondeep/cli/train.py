@@ -71,7 +71,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate_checkpoint(args.checkpoint, data=args.data, data_dir=args.data_dir, fused=args.fused,
-                                 device=args.device, use_ema=args.ema, batch_size=args.batch_size)
+                                 device=args.device, use_ema=args.ema, batch_size=args.batch_size,
+                                 tta_flip=args.tta_flip)
     print(format_table([result]))
 
 
@@ -90,6 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a .safetensors file written by `nondeep train`")
     p.add_argument("--fused", action="store_true", help="evaluate the reparameterised (fused) model")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the logits of each image and its mirror (default: as the run evaluated)")
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, help="images a forward pass (default: 256, lowered to fit in memory)")

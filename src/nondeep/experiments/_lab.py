@@ -26,7 +26,7 @@ from ..errors import NondeepError
 from ..models import create_model
 from ..reparam import reparameterize_model
 from ..report import format_table, write_json
-from ..train import config_from_dict, train
+from ..train import TrainConfig, config_from_dict, train
 from .executor import CPU_WORKERS, EXECUTORS, Failure, StopLab, execute, plan_for
 
 MATCH_TOLERANCE = 0.20  # widths come in steps of 8 channels; a model further than this from its target is refused
@@ -218,7 +218,8 @@ def train_run(folder: Path, run: Run, budget: Budget, seed: int, **recipe: Any) 
     summary_path = out / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        same = {k: v for k, v in summary.get("config", {}).items() if k in _RECIPE_KEYS}
+        # a field the run's config lacks was added since: the run trained with its default
+        same = {**_RECIPE_DEFAULTS, **{k: v for k, v in summary.get("config", {}).items() if k in _RECIPE_KEYS}}
         if (same != {k: v for k, v in cfg.to_dict().items() if k in _RECIPE_KEYS}
                 or _teaching(summary.get("distill")) != _teaching(run.distill)):
             raise LabError(f"{out} holds a finished run with another recipe: start the lab with another --out")
@@ -250,7 +251,8 @@ def _teaching(options: dict[str, Any] | None) -> dict[str, Any] | None:
 # what makes two runs the same experiment (not where they write, how they show progress or how many threads)
 _RECIPE_KEYS = {"model", "model_kwargs", "data", "epochs", "max_train_samples", "val_split", "seed", "batch_size",
                 "lr", "optimizer", "schedule", "label_smoothing", "crop_padding", "flip", "cutout", "ema_decay",
-                "image_size"}
+                "image_size", "tta_flip"}
+_RECIPE_DEFAULTS = {k: v for k, v in TrainConfig().to_dict().items() if k in _RECIPE_KEYS}
 
 
 class RunsFailed(LabError):

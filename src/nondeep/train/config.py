@@ -53,6 +53,7 @@ class TrainConfig:
     crop_padding: int = 2
     flip: bool = True
     cutout: int = 0
+    tta_flip: bool = False                 # evaluate each image and its mirror, logits averaged (airbench's TTA)
     # speed
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     amp: bool = True                       # mixed precision where the device supports it (CUDA)

@@ -15,8 +15,10 @@ from ..reparam import reparameterize_model
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_last: bool = False) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) over the whole loader, in eval mode."""
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_last: bool = False,
+             tta_flip: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over the whole loader, in eval mode; tta_flip: of the mean
+    of the logits of each image and its left-right mirror (test-time augmentation)."""
     model.eval()
     total, loss_sum, top1, top5 = 0, 0.0, 0, 0
     for x, y in loader:
@@ -24,6 +26,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x).float()
+        if tta_flip:
+            logits = (logits + model(x.flip(-1)).float()) / 2
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
         top1 += (ranked[:, 0] == y).sum().item()
@@ -34,10 +38,11 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, channels_
 
 def evaluate_checkpoint(path: str | Path, data: str | None = None, data_dir: str | None = None, fused: bool = False,
                         device: str | torch.device = "cpu", batch_size: int | None = None,
-                        use_ema: bool = False) -> dict[str, Any]:
+                        use_ema: bool = False, tta_flip: bool | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on the test split of the dataset it was trained on (found where training read
     it, from any working directory), or on `data`. An ImageFolder is read at the checkpoint's image size and
-    channels. batch_size None: 256, lowered when a batch would not fit in memory."""
+    channels. batch_size None: 256, lowered when a batch would not fit in memory. tta_flip None: as the run
+    that wrote the checkpoint evaluated (its config's tta_flip), so the summary's accuracy is reproduced."""
     from .loop import resolve_device  # the trainer's check: a CUDA device asked for without CUDA is refused
     from .preflight import EVAL_BATCH, activation_bytes, eval_batch_for
 
@@ -65,8 +70,10 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, data_dir: str
                               f"{info.in_chans}: evaluate it on the dataset it was trained on")
     if fused:
         model = reparameterize_model(model)
-    return {"checkpoint": str(path), "model": meta["model"], "data": info.name, "fused": fused,
-            **evaluate(model.to(device), eval_loader, device)}
+    if tta_flip is None:
+        tta_flip = bool((meta.get("config") or {}).get("tta_flip", False))
+    return {"checkpoint": str(path), "model": meta["model"], "data": info.name, "fused": fused, "tta_flip": tta_flip,
+            **evaluate(model.to(device), eval_loader, device, tta_flip=tta_flip)}
 
 
 def _recorded_data(trained: dict[str, Any], data_dir: str | None) -> tuple[str, str | None]:

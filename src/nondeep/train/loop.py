@@ -279,7 +279,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
             partial = totals.partial(0.0)
             epoch_seconds = time.perf_counter() - epoch_start
             eval_model = ema.module if ema is not None else model
-            metrics = evaluate(eval_model, eval_loader, device, cfg.channels_last) if is_main else {}
+            metrics = evaluate(eval_model, eval_loader, device, cfg.channels_last, cfg.tta_flip) if is_main else {}
             row = {"epoch": epoch + 1, "train_loss": partial["loss_sum"] / max(1, partial["seen"]),
                    "train_top1": 100.0 * partial["correct"] / max(1, partial["seen"]), **metrics, "lr": lr,
                    "epoch_seconds": epoch_seconds,
@@ -343,15 +343,16 @@ def _finish(cfg: TrainConfig, out: Path, model: nn.Module, ema: nn.Module | None
     best_row = max(history, key=lambda r: r["eval_top1"]) if selects and history else (history[-1] if history else None)
     test = fused_test = best_test = None
     if test_loader is not None and not stopped_by:
-        test = evaluate(final, test_loader, device)
-        fused_test = evaluate(fused, test_loader, device)["eval_top1"]
+        test = evaluate(final, test_loader, device, tta_flip=cfg.tta_flip)
+        fused_test = evaluate(fused, test_loader, device, tta_flip=cfg.tta_flip)["eval_top1"]
         best_test = test["eval_top1"]
         best_path = out / "best.safetensors"
         if best_row is not None and best_row is not history[-1] and best_path.exists():
             # the chosen epoch's weights in a copy of the trained model (whatever module it is)
             best_model, best_ema = copy.deepcopy(model), copy.deepcopy(ema)
             load_training_state(best_path, best_model, ema=best_ema)
-            best_test = evaluate(best_ema.module if best_ema is not None else best_model, test_loader, device)["eval_top1"]
+            best_test = evaluate(best_ema.module if best_ema is not None else best_model, test_loader, device,
+                                 tta_flip=cfg.tta_flip)["eval_top1"]
     input_size = (info.in_chans, *info.image_size)
     summary = {
         "model": cfg.model, "data": info.name,

@@ -1,0 +1,58 @@
+"""`nondeep speedrun`: a depth <= 12 network to a target Fashion-MNIST accuracy in as few seconds as it can."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..experiments._lab import QUICK, Budget, lab_folder, on_gpu
+from ..experiments.speedrun import DEFAULT_GRID, GPU_TIME_TARGET, NAME, run_speedrun
+from ..train import load_config
+
+
+def cmd_speedrun(args: argparse.Namespace) -> None:
+    config = load_config(args.config) if args.config else None
+    images = QUICK["max_train_samples"] if args.quick else args.max_train_samples or None
+    grid = args.epoch_grid or ([1] if args.quick else list(DEFAULT_GRID))
+    budget = Budget(epochs=1, max_train_samples=images, seeds=args.seeds, seed=args.seed, val_split=args.val_split,
+                    data_dir=args.data_dir, threads=args.threads, device=args.device, progress=args.progress)
+    time_target = args.time_target if args.time_target is not None else (GPU_TIME_TARGET if on_gpu(args.device)
+                                                                          else None)
+    command = ["nondeep", NAME, *(["--config", args.config] if args.config else []), "--target", f"{args.target:g}",
+               "--epoch-grid", *map(str, grid), "--margin", f"{args.margin:g}", "--tune-seeds", str(args.tune_seeds),
+               "--seeds", str(args.seeds), "--seed", str(args.seed), "--val-split", f"{args.val_split:g}",
+               *(["--max-train-samples", str(images)] if images else []),
+               *(["--time-target", f"{time_target:g}"] if time_target is not None else []),
+               *(["--device", args.device] if args.device != "auto" else []),
+               *(["--threads", str(args.threads)] if args.threads else [])]
+    run_speedrun(lab_folder(args.out, NAME), config, target=args.target, epoch_grid=grid, margin=args.margin,
+                 tune_seeds=args.tune_seeds, time_target=time_target, budget=budget, results=args.results,
+                 command=command)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(NAME, help="a depth <= 12 network to a target Fashion-MNIST test accuracy in as few training "
+                                  "seconds as it can: schedule chosen on validation, then timed over seeds")
+    p.add_argument("--config", help="YAML of TrainConfig fields: the recipe (default: parnet_tiny's, with flip "
+                                    "test-time augmentation; its epochs are chosen from --epoch-grid)")
+    p.add_argument("--target", type=float, default=94.0, help="test accuracy to reach, %% (default: %(default)s)")
+    p.add_argument("--epoch-grid", type=int, nargs="+",
+                   help=f"epoch counts tried on validation, shortest first (default: "
+                        f"{' '.join(map(str, DEFAULT_GRID))}; 1 with --quick)")
+    p.add_argument("--margin", type=float, default=0.5,
+                   help="validation must reach target + margin (points) to choose a schedule (default: %(default)s)")
+    p.add_argument("--tune-seeds", type=int, default=2, help="seeds per epoch count on validation (default: 2)")
+    p.add_argument("--seeds", type=int, default=10, help="measured runs (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the first measured seed (default: 0)")
+    p.add_argument("--time-target", type=float,
+                   help=f"seconds the mean training time must not pass (default: {GPU_TIME_TARGET:g} on a GPU, none "
+                        "on a CPU)")
+    p.add_argument("--val-split", type=float, default=0.1, help="held out for choosing (default: %(default)s)")
+    p.add_argument("--max-train-samples", type=int, help="train on the first N images (default: all)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1000 images, epoch grid 1")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="torch threads on a CPU (default: torch's choice)")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="run folder (default runs/lab-speedrun-<date>); finished runs are reused")
+    p.add_argument("--results", help="also write speedrun.json/.md here (e.g. docs/results)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=cmd_speedrun)

@@ -1,0 +1,182 @@
+"""`nondeep speedrun`: a depth <= 12 network to a target Fashion-MNIST test accuracy in as few training seconds as
+it can (airbench's protocol: a fixed recipe, many seeds, the mean accuracy and the mean time).
+
+Two phases; the test split is read once per measuring run, at its end:
+1. choosing the schedule, on validation only: the epoch counts of the grid, shortest first, each trained with
+   `tune_seeds` seeds of their own (seed + TUNING_SEED_OFFSET + i, so that no measured run was picked for its
+   luck) on the training set less the validation split; the first whose mean final validation accuracy reaches
+   target + margin is chosen (the margin allows for validation reading higher than test); none: the longest,
+   and the report says so;
+2. measuring: `seeds` runs with that schedule (seeds seed, seed + 1, ...) on the same training images; each
+   run's time is its training seconds, the sum of its epochs' step time (the device synchronised at each
+   epoch's end; evaluation and checkpoints excluded; a compiled recipe's compilation is in its first epoch),
+   and its accuracy the final model's test accuracy (with the recipe's test-time augmentation).
+The verdicts, computed: mean test accuracy >= target, and mean time <= the time target when there is one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .. import measure
+from ..models import create_model
+from ..report import format_table, write_json, write_text
+from ..stats import estimate
+from ..train import TrainConfig
+from ._lab import Budget, LabError, Run, _history, describe_machine, lab_meta, train_run
+
+NAME = "speedrun"
+MAX_DEPTH = 12
+# The parnet_tiny Fashion-MNIST recipe (configs/parnet_tiny_fashion.yaml: 94.37% test after 15 epochs) with
+# flip test-time augmentation and channels_last; to be tuned on a GPU (the epoch count is chosen here).
+RECIPE: dict[str, Any] = {"model": "parnet_tiny", "batch_size": 256, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
+                          "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1,
+                          "crop_padding": 2, "flip": True, "tta_flip": True, "channels_last": True, "amp": True}
+DEFAULT_GRID = (4, 6, 8, 12, 16)
+TUNING_SEED_OFFSET = 1000
+GPU_TIME_TARGET = 10.0  # seconds on one GPU (issue 14's target on an H200)
+
+
+def _recipe_fields(config: TrainConfig | None) -> dict[str, Any]:
+    """The training fields of a recipe: what differs from TrainConfig's defaults (where, how long, which seed and
+    what is printed are the speedrun's)."""
+    chosen = config.to_dict() if config is not None else {**TrainConfig().to_dict(), **RECIPE}
+    default = TrainConfig().to_dict()
+    skip = {"out", "epochs", "seed", "data", "data_dir", "max_train_samples", "val_split", "device", "threads",
+            "progress"}
+    return {k: v for k, v in chosen.items() if k not in skip and (v != default[k] or k == "model")}
+
+
+def check_depth(model: str, model_kwargs: dict[str, Any]) -> int:
+    """The model's measured depth on Fashion-MNIST's input; LabError above MAX_DEPTH (nothing trains)."""
+    with torch.device("meta"):
+        net = create_model(model, **{"num_classes": 10, "in_chans": 1, **model_kwargs})
+    depth = measure.depth(net, (1, 28, 28))
+    if depth > MAX_DEPTH:
+        raise LabError(f"{model} measures depth {depth}: the speedrun is for networks of depth <= {MAX_DEPTH}; "
+                       f"choose another --model or --config")
+    return depth
+
+
+def choose_epochs(tuning: Sequence[dict[str, Any]], bar: float) -> tuple[int, bool]:
+    """(the shortest epoch count whose mean validation accuracy reaches `bar`, True), else (the longest, False);
+    `tuning`: one row per epoch count, shortest first."""
+    for row in tuning:
+        if row["val_accuracy"] >= bar:
+            return row["epochs"], True
+    return tuning[-1]["epochs"], False
+
+
+def run_speedrun(folder: str | Path, config: TrainConfig | None = None, target: float = 94.0,
+                 epoch_grid: Sequence[int] = DEFAULT_GRID, margin: float = 0.5, tune_seeds: int = 2,
+                 time_target: float | None = None, budget: Budget | None = None, results: str | None = None,
+                 command: Sequence[str] = ("nondeep", NAME)) -> dict[str, Any]:
+    """Choose the recipe's epoch count on validation, then train it with budget.seeds seeds and report accuracy
+    and training seconds (mean, spread, 95% interval) against the targets; writes speedrun.json/.md to `folder`
+    (and to `results`). Finished runs in `folder` are reused."""
+    budget = budget or Budget(seeds=10, max_train_samples=None)
+    grid = sorted(set(int(e) for e in epoch_grid))
+    if not grid or grid[0] < 1:
+        raise LabError(f"--epoch-grid takes epoch counts of 1 or more, e.g. 4 6 8, got {list(epoch_grid)}")
+    if budget.val_split <= 0:
+        raise LabError("the speedrun chooses its schedule on a validation split: --val-split must be above 0")
+    if tune_seeds < 1:
+        raise LabError(f"--tune-seeds must be at least 1, got {tune_seeds}")
+    if not 0 < target <= 100:
+        raise LabError(f"--target is a test accuracy in percent, in (0, 100], got {target}")
+    recipe = _recipe_fields(config)
+    model, model_kwargs = recipe.pop("model"), recipe.pop("model_kwargs", {})
+    depth = check_depth(model, model_kwargs)
+    folder, started = Path(folder), time.perf_counter()
+
+    tuning = []
+    for epochs in grid:
+        runs = [_train(folder, model, model_kwargs, budget, seed, epochs, recipe)
+                for seed in range(budget.seed + TUNING_SEED_OFFSET, budget.seed + TUNING_SEED_OFFSET + tune_seeds)]
+        tuning.append({"epochs": epochs, "seeds": [r["seed"] for r in runs],
+                       "val_accuracy": estimate([r["val_accuracy"] for r in runs]).mean,
+                       "val_accuracies": [r["val_accuracy"] for r in runs]})
+        if tuning[-1]["val_accuracy"] >= target + margin:
+            break  # longer schedules are not needed: the shortest that reaches the bar is chosen
+    chosen, reached = choose_epochs(tuning, target + margin)
+
+    measured = [_train(folder, model, model_kwargs, budget, seed, chosen, recipe) for seed in budget.seed_list]
+    accuracy = estimate([r["test_accuracy"] for r in measured])
+    seconds = estimate([r["train_seconds"] for r in measured])
+    report = {"meta": lab_meta(NAME, budget, command, started, model=model, model_kwargs=model_kwargs,
+                               depth=depth, recipe=recipe, target=target, margin=margin, epoch_grid=grid,
+                               tune_seeds=tune_seeds, time_target=time_target),
+              "tuning": tuning, "chosen_epochs": chosen, "chosen_reached_bar": reached, "runs": measured,
+              "test_accuracy": accuracy.as_dict(), "train_seconds": seconds.as_dict(),
+              "verdicts": verdicts(accuracy, seconds, target, time_target)}
+    _write(report, folder, results)
+    return report
+
+
+def _train(folder: Path, model: str, model_kwargs: dict[str, Any], budget: Budget, seed: int, epochs: int,
+           recipe: dict[str, Any]) -> dict[str, Any]:
+    summary = train_run(folder, Run(f"{model}-{epochs}ep", model, model_kwargs), budget, seed, epochs=epochs,
+                        **recipe)
+    history = _history(Path(summary["out"]))
+    return {"seed": seed, "epochs": epochs, "test_accuracy": summary["test_accuracy"],
+            "val_accuracy": summary["val_accuracy"], "train_seconds": sum(row["epoch_seconds"] for row in history),
+            "first_epoch_seconds": history[0]["epoch_seconds"], "steps": summary["steps"],
+            "train_images": summary["train_images"], "device": summary["device"], "out": summary["out"]}
+
+
+def verdicts(accuracy: Any, seconds: Any, target: float, time_target: float | None) -> list[str]:
+    """MET / NOT MET lines from the measured estimates."""
+    lines = [f"{'MET' if accuracy.mean >= target else 'NOT MET'}: mean test accuracy {accuracy.mean:.2f}% "
+             f"{_interval(accuracy, '%')} >= {target:g}%"]
+    if time_target is not None:
+        lines.append(f"{'MET' if seconds.mean <= time_target else 'NOT MET'}: mean training time "
+                     f"{seconds.mean:.2f} s {_interval(seconds, ' s')} <= {time_target:g} s")
+    return lines
+
+
+def _interval(e: Any, unit: str) -> str:
+    if e.low is None:
+        return "(one seed: no interval)"
+    return f"(95% CI [{e.low:.2f}, {e.high:.2f}]{unit}, sd {e.std:.2f}{unit}, n {e.n})"
+
+
+def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
+    meta, acc, sec = report["meta"], report["test_accuracy"], report["train_seconds"]
+    recipe = ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
+    bar = meta["target"] + meta["margin"]
+    chosen = (f"{report['chosen_epochs']} epochs, the shortest of the grid whose mean validation accuracy reached "
+              f"{bar:g}%" if report["chosen_reached_bar"] else
+              f"{report['chosen_epochs']} epochs: NO epoch count of the grid reached {bar:g}% on validation, so the "
+              "longest was measured")
+    tuning = [{"epochs": t["epochs"], "seeds": " ".join(map(str, t["seeds"])), "mean_val_accuracy": t["val_accuracy"]}
+              for t in report["tuning"]]
+    runs = [{k: r[k] for k in ("seed", "epochs", "steps", "train_images", "train_seconds", "first_epoch_seconds",
+                                "test_accuracy", "val_accuracy")} for r in report["runs"]]
+    markdown = "\n".join([
+        f"# Speedrun: {meta['model']} (depth {meta['depth']}) to {meta['target']:g}% Fashion-MNIST test accuracy", "",
+        f"- command: `{meta['command']}`", f"- recipe: {recipe}",
+        f"- machine: {describe_machine(meta['machine'])}; device {report['runs'][0]['device']}",
+        f"- date: {meta['date']}; the whole speedrun (tuning, measuring, evaluations) took "
+        f"{meta['total_seconds'] / 60:.1f} min", "",
+        "## Schedule chosen on validation", "", format_table(tuning, ["epochs", "seeds", "mean_val_accuracy"]), "",
+        f"Chosen: {chosen}.", "",
+        f"## Measured: {len(runs)} seeds", "", format_table(runs, list(runs[0])), "",
+        _spread("test accuracy (%)", acc, [r["test_accuracy"] for r in runs]),
+        _spread("training seconds", sec, [r["train_seconds"] for r in runs]), "",
+        *[f"- {line}" for line in report["verdicts"]], "",
+        "train_seconds: the sum of the run's epochs' step time (the device synchronised at each epoch's end), "
+        "evaluation and checkpoints excluded; first_epoch_seconds includes any compilation. test_accuracy: the "
+        "final model, read once at the end of the run. The tuning runs use seeds of their own.", ""])
+    for target in [folder, *([Path(results)] if results else [])]:
+        write_json(target / f"{NAME}.json", report)
+        write_text(target / f"{NAME}.md", markdown)
+    print(markdown)
+
+
+def _spread(name: str, e: dict[str, Any], values: Sequence[float]) -> str:
+    sd = "" if e["std"] is None else f", sd {e['std']:.2f}"
+    return f"- {name}: mean {e['mean']:.2f}{sd}, min {min(values):.2f}, max {max(values):.2f}"

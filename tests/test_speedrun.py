@@ -1,0 +1,97 @@
+"""`nondeep speedrun` (issue 14): the schedule is chosen on validation with seeds of its own, the measured runs'
+accuracy and time are what their runs wrote, the verdicts follow the numbers, and bad input is one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from nondeep.cli import main
+from nondeep.experiments._lab import LabError
+from nondeep.experiments.speedrun import RECIPE, TUNING_SEED_OFFSET, check_depth, choose_epochs
+from nondeep.stats import estimate
+from nondeep.train import evaluate_checkpoint
+
+# a fast depth-3 student keeps the end-to-end runs to seconds; the recipe's own fields ride along
+CONFIG = "model: mimic_snn_1k\noptimizer: adamw\nlr: 0.003\ntta_flip: true\nchannels_last: true\nbatch_size: 64\n"
+
+
+def speedrun(tmp_path: Path, data: Path, *flags: str) -> dict:
+    config = tmp_path / "recipe.yaml"
+    config.write_text(CONFIG)
+    out = tmp_path / "sr"
+    code = main(["speedrun", "--config", str(config), "--quick", "--data-dir", str(data), "--out", str(out),
+                 "--no-progress", "--results", str(tmp_path / "results"), *flags])
+    assert code == 0
+    return json.loads((out / "speedrun.json").read_text())
+
+
+def summary_of(run: dict) -> dict:
+    return json.loads((Path(run["out"]) / "summary.json").read_text())
+
+
+def test_a_reachable_target_takes_the_shortest_schedule_and_measures_every_seed(tiny_fashion, tmp_path):
+    report = speedrun(tmp_path, tiny_fashion, "--target", "1", "--margin", "0", "--seeds", "2", "--tune-seeds", "1")
+    assert [t["epochs"] for t in report["tuning"]] == [1] and report["chosen_reached_bar"]
+    assert report["tuning"][0]["seeds"] == [TUNING_SEED_OFFSET]  # not a measured seed
+    assert [r["seed"] for r in report["runs"]] == [0, 1] and {r["epochs"] for r in report["runs"]} == {1}
+    for run in report["runs"]:
+        summary = summary_of(run)
+        assert run["test_accuracy"] == summary["test_accuracy"]
+        assert summary["config"]["tta_flip"] and summary["config"]["channels_last"]  # the recipe was trained
+        assert summary["config"]["model"] == "mimic_snn_1k" and summary["config"]["val_split"] == 0.1
+        # the test accuracy was read with the mirror averaged in: `nondeep eval` of the checkpoint does the same
+        evaluated = evaluate_checkpoint(summary["checkpoint"], data_dir=str(tiny_fashion))
+        assert evaluated["tta_flip"] and evaluated["eval_top1"] == pytest.approx(run["test_accuracy"])
+        with open(Path(run["out"]) / "metrics.csv") as f:
+            epoch_seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(f)]
+        assert run["train_seconds"] == pytest.approx(sum(epoch_seconds))  # evaluation excluded
+        assert run["train_seconds"] < summary["train_seconds"]
+    accuracies = [r["test_accuracy"] for r in report["runs"]]
+    assert report["test_accuracy"]["mean"] == pytest.approx(estimate(accuracies).mean)
+    assert report["test_accuracy"]["low"] == pytest.approx(estimate(accuracies).low)
+    assert report["verdicts"][0].startswith("MET: mean test accuracy") and len(report["verdicts"]) == 1
+    markdown = (tmp_path / "results" / "speedrun.md").read_text()
+    assert "nondeep speedrun --config" in markdown and "Chosen: 1 epochs, the shortest" in markdown
+
+
+def test_an_unreachable_target_measures_the_longest_schedule_and_says_so(tiny_fashion, tmp_path):
+    report = speedrun(tmp_path, tiny_fashion, "--target", "100", "--epoch-grid", "1", "2", "--seeds", "2",
+                      "--tune-seeds", "1", "--time-target", "1e-6")
+    assert [t["epochs"] for t in report["tuning"]] == [1, 2]
+    assert report["chosen_epochs"] == 2 and not report["chosen_reached_bar"]
+    assert {r["epochs"] for r in report["runs"]} == {2}
+    assert [v.split(":")[0] for v in report["verdicts"]] == ["NOT MET", "NOT MET"]
+    assert "NO epoch count of the grid reached 100.5%" in (tmp_path / "sr" / "speedrun.md").read_text()
+
+
+def test_choose_epochs_takes_the_first_that_reaches_the_bar():
+    tuning = [{"epochs": 4, "val_accuracy": 93.0}, {"epochs": 8, "val_accuracy": 94.6},
+              {"epochs": 16, "val_accuracy": 95.0}]
+    assert choose_epochs(tuning, 94.5) == (8, True)
+    assert choose_epochs(tuning, 94.6) == (8, True)  # reaching the bar counts
+    assert choose_epochs(tuning, 96.0) == (16, False)
+
+
+def test_the_default_recipe_is_depth_12_and_a_deep_model_is_refused():
+    assert RECIPE["model"] == "parnet_tiny" and check_depth("parnet_tiny", {}) == 12
+    with pytest.raises(LabError, match="measures depth 20: the speedrun is for networks of depth <= 12"):
+        check_depth("preact_resnet_20", {})
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epoch-grid", "0"], "--epoch-grid takes epoch counts of 1 or more"),
+    (["--val-split", "0"], "--val-split must be above 0"),
+    (["--tune-seeds", "0"], "--tune-seeds must be at least 1"),
+    (["--target", "101"], "--target is a test accuracy in percent"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+])
+def test_bad_options_are_one_line_and_train_nothing(tiny_fashion, tmp_path, capsys, flags, message):
+    out = tmp_path / "sr"
+    code = main(["speedrun", "--data-dir", str(tiny_fashion), "--out", str(out), "--no-progress", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
