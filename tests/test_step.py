@@ -72,7 +72,7 @@ def test_the_trainer_equals_a_bare_loop_bit_for_bit(tiny_fashion, tmp_path, monk
         assert float(row["train_loss"]) == pytest.approx(loss, rel=1e-12)
 
 
-def _host_reads(monkeypatch, tiny_fashion, out, samples):
+def _host_reads(monkeypatch, tiny_fashion, out, samples, **kw):
     """How many times the trainer reads a tensor back to the host over a run (Tensor.item, .tolist, bool())."""
     counts = {"reads": 0}
     for method in ("item", "tolist", "__bool__"):
@@ -84,14 +84,15 @@ def _host_reads(monkeypatch, tiny_fashion, out, samples):
 
         monkeypatch.setattr(torch.Tensor, method, counting)
     monkeypatch.setattr(loop, "REFRESH_SECONDS", float("inf"))  # no progress refresh in a test
-    train(_cfg(tiny_fashion, out, epochs=1, max_train_samples=samples, batch_size=16))
+    train(_cfg(tiny_fashion, out, epochs=1, max_train_samples=samples, batch_size=16, **kw))
     monkeypatch.undo()
     return counts["reads"]
 
 
-def test_host_reads_do_not_grow_with_the_steps(tiny_fashion, tmp_path, monkeypatch):
-    few = _host_reads(monkeypatch, tiny_fashion, tmp_path / "few", samples=32)     # 2 steps
-    many = _host_reads(monkeypatch, tiny_fashion, tmp_path / "many", samples=160)  # 10 steps
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])  # torch's AveragedModel would read n_averaged every step
+def test_host_reads_do_not_grow_with_the_steps(tiny_fashion, tmp_path, monkeypatch, ema_decay):
+    few = _host_reads(monkeypatch, tiny_fashion, tmp_path / "few", samples=32, ema_decay=ema_decay)     # 2 steps
+    many = _host_reads(monkeypatch, tiny_fashion, tmp_path / "many", samples=160, ema_decay=ema_decay)  # 10 steps
     assert many == few  # the step adds no read; a .item() a step would add 8 or more
 
 

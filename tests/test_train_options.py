@@ -117,13 +117,13 @@ def test_resume_with_augmentation_dropout_and_ema_is_bit_identical(tiny_fashion,
 
 def test_ema_follows_its_formula_and_is_what_evaluation_uses(tiny_fashion, tmp_path, monkeypatch):
     seen = []
-    real_update = loop.AveragedModel.update_parameters
+    real_update = loop.ModelEMA.update_parameters
 
     def record(self, model):
         seen.append({k: v.detach().clone() for k, v in model.named_parameters()})
         return real_update(self, model)
 
-    monkeypatch.setattr(loop.AveragedModel, "update_parameters", record)
+    monkeypatch.setattr(loop.ModelEMA, "update_parameters", record)
     out = tmp_path / "run"
     train(_cfg(tiny_fashion, out, epochs=2, ema_decay=0.8))  # 2 steps an epoch
     assert len(seen) == 4  # one update per optimizer step

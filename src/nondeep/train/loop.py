@@ -21,7 +21,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import measure
@@ -32,6 +31,7 @@ from ..report import remove_stale_temp_files, write_json, write_text
 from ..reparam import reparameterize_model
 from ..runlock import RunLock, check_folder_is_ours
 from .config import TrainConfig
+from .ema import ModelEMA
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at
 from .running import REFRESH_SECONDS, RunningSums, Totals
@@ -168,8 +168,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, cfg)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-           if cfg.ema_decay > 0 else None)
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch
     step, start_epoch, start_batch, history, best_top1 = 0, 0, 0, [], -1.0

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One go on a GPU machine for issue 14 (prepared for an H200; ~8 min): the CUDA training tests, the trainer's
+# throughput in each speed option against a bare loop (docs/results/train_throughput.*), then the speedrun at a
+# cut budget (schedule chosen on validation from 8 12 16 epochs with 1 tuning seed, 5 measured seeds;
+# docs/results/speedrun.*). Fashion-MNIST must be where NONDEEP_DATA points.
+#
+#   OUT=$OUT NONDEEP_DATA=fmnist bash benchmarks/train_gpu.sh
+#
+# Environment: PYTHON (default python) with a CUDA build of torch; DEVICE (default cuda; cpu for a smoke test
+# with SAMPLES=512 GRID="1" SEEDS=2); TP_TIMEOUT, SPEEDRUN_TIMEOUT (s).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${OUT:-docs/results}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT"
+export PYTHONPATH=src
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu-info.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" \
+    | tee -a "$OUT/gpu-info.txt"
+timeout 120 $PY -m pytest -x -q -rs tests/test_step.py tests/test_train_options.py -k "cuda or gpu" \
+    > "$OUT/train-gpu-tests.txt" 2>&1
+echo "CUDA training tests exit $?" | tee -a "$OUT/train-gpu-tests.txt"
+timeout "${TP_TIMEOUT:-200}" $PY benchmarks/bench_train_throughput.py --device "$DEVICE" --samples "${SAMPLES:-32768}" \
+    --epochs 2 --rounds 2 --variants default channels_last compile channels_last+compile --out "$OUT"
+echo "throughput exit $?"
+# shellcheck disable=SC2086  # GRID is a list of epoch counts
+timeout "${SPEEDRUN_TIMEOUT:-300}" $PY -m nondeep.cli speedrun --device "$DEVICE" --epoch-grid ${GRID:-8 12 16} \
+    --tune-seeds 1 --seeds "${SEEDS:-5}" ${SAMPLES:+--max-train-samples $SAMPLES} --out "runs/speedrun-$DEVICE" \
+    --results "$OUT" --no-progress
+echo "speedrun exit $?"
