@@ -89,10 +89,15 @@ def _host_reads(monkeypatch, tiny_fashion, out, samples, **kw):
     return counts["reads"]
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])  # torch's AveragedModel would read n_averaged every step
-def test_host_reads_do_not_grow_with_the_steps(tiny_fashion, tmp_path, monkeypatch, ema_decay):
-    few = _host_reads(monkeypatch, tiny_fashion, tmp_path / "few", samples=32, ema_decay=ema_decay)     # 2 steps
-    many = _host_reads(monkeypatch, tiny_fashion, tmp_path / "many", samples=160, ema_decay=ema_decay)  # 10 steps
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+# torch's AveragedModel would read n_averaged every step (and copy it to the GPU: a sync a step on CUDA)
+@pytest.mark.parametrize("device, ema_decay", [("cpu", 0.0), ("cpu", 0.9), pytest.param("cuda", 0.9, marks=CUDA)])
+def test_host_reads_do_not_grow_with_the_steps(tiny_fashion, tmp_path, monkeypatch, device, ema_decay):
+    kw = dict(ema_decay=ema_decay, device=device)
+    few = _host_reads(monkeypatch, tiny_fashion, tmp_path / "few", samples=32, **kw)     # 2 steps
+    many = _host_reads(monkeypatch, tiny_fashion, tmp_path / "many", samples=160, **kw)  # 10 steps
     assert many == few  # the step adds no read; a .item() a step would add 8 or more
 
 
