@@ -148,8 +148,11 @@ def test_a_checkpoint_is_evaluated_with_the_tta_its_run_evaluated_with(tiny_fash
 
 
 def test_an_in_memory_set_is_resized_to_the_side_the_model_trained_at(tiny_fashion, tmp_path):
-    _checkpoint(tmp_path / "c.safetensors", tiny_fashion, image_size=(32, 32))  # flat: takes exactly 32x32
-    assert evaluate_checkpoint(tmp_path / "c.safetensors")["eval_top1"] >= 0
+    model = _checkpoint(tmp_path / "c.safetensors", tiny_fashion, image_size=(32, 32))  # flat: exactly 32x32
+    _, test_loader, _ = build_loaders("fashion-mnist", data_dir=str(tiny_fashion), eval_batch_size=100, image_size=32)
+    expected = evaluate(model, test_loader, torch.device("cpu"))
+    result = evaluate_checkpoint(tmp_path / "c.safetensors", batch_size=100)
+    assert (result["eval_loss"], result["eval_top1"]) == pytest.approx((expected["eval_loss"], expected["eval_top1"]))
 
 
 def test_a_dataset_the_checkpoint_does_not_fit_is_one_line(tiny_fashion, tmp_path):
