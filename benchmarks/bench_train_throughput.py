@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "channels_last": {"channels_last": True},
     "compile": {"compile": True},
     "channels_last+compile": {"channels_last": True, "compile": True},
+    "compile-reduce-overhead": {"compile": True, "compile_mode": "reduce-overhead"},  # CUDA graphs on a GPU
 }
 
 

@@ -22,7 +22,7 @@ timeout 120 $PY -m pytest -x -q -rs tests/test_step.py tests/test_ema.py -k "cud
     > "$OUT/train-gpu-tests.txt" 2>&1
 echo "CUDA training tests exit $?" | tee -a "$OUT/train-gpu-tests.txt"
 timeout "${TP_TIMEOUT:-200}" $PY benchmarks/bench_train_throughput.py --device "$DEVICE" --samples "${SAMPLES:-32768}" \
-    --epochs 2 --rounds 2 --variants default channels_last compile channels_last+compile --out "$OUT"
+    --epochs 2 --rounds 2 --variants default channels_last compile compile-reduce-overhead --out "$OUT"
 echo "throughput exit $?"
 # shellcheck disable=SC2086  # GRID is a list of epoch counts
 timeout "${SPEEDRUN_TIMEOUT:-300}" $PY -m nondeep.cli speedrun --device "$DEVICE" --epoch-grid ${GRID:-8 12 16} \

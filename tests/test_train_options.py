@@ -271,11 +271,11 @@ def test_compile_trains_the_same_weights_and_saves_plain_names(tiny_fashion, tmp
     real_compile = torch.compile
     compiled = []
     monkeypatch.setattr(loop.torch, "compile",
-                        lambda model, **kw: compiled.append(model) or real_compile(model, backend="eager"))
-    train(_cfg(tiny_fashion, tmp_path / "compiled", compile=True))
+                        lambda model, **kw: compiled.append(kw) or real_compile(model, backend="eager"))
+    train(_cfg(tiny_fashion, tmp_path / "compiled", compile=True, compile_mode="reduce-overhead"))
     monkeypatch.setattr(loop.torch, "compile", real_compile)
     train(_cfg(tiny_fashion, tmp_path / "eager"))
-    assert len(compiled) == 1
+    assert compiled == [{"mode": "reduce-overhead"}]  # once, in the mode asked for
     a, b = _tensors(tmp_path / "compiled", "model."), _tensors(tmp_path / "eager", "model.")
     assert sorted(a) == sorted(b)  # no "_orig_mod." in the names
     for key in a:

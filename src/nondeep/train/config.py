@@ -14,6 +14,8 @@ import yaml
 
 from ..errors import NondeepError
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
 
 class ConfigError(NondeepError):
     """A config key that does not exist, a value of the wrong type, or an option out of range."""
@@ -59,6 +61,7 @@ class TrainConfig:
     amp: bool = True                       # mixed precision where the device supports it (CUDA)
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"          # torch.compile mode: reduce-overhead replays CUDA graphs on a GPU
     threads: int | None = None
     num_workers: int = 2
     # reproducibility and safety
@@ -82,6 +85,7 @@ class TrainConfig:
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.on_nan in ("stop", "skip"), "on_nan must be stop or skip"),
+            (self.compile_mode in COMPILE_MODES, f"compile_mode must be one of {', '.join(COMPILE_MODES)}"),
             (self.checkpoint_every_steps >= 0 and self.checkpoint_every_minutes >= 0,
              "checkpoint intervals must be >= 0"),
             (self.crop_padding >= 0 and self.cutout >= 0, "crop_padding and cutout must be >= 0"),

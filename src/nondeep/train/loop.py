@@ -186,7 +186,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
     if world_size > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, mode=cfg.compile_mode)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda" else nullcontext())
 
     def meta_for_checkpoint(epoch: int, batch_in_epoch: int, epoch_partial: dict[str, float]) -> dict[str, Any]:
@@ -233,6 +233,8 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = x.contiguous(memory_format=memory_format)
+                if cfg.compile:  # a new step: CUDA-graph replays (reduce-overhead) may reuse the last one's memory
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast:
                     logits = train_model(x)
                     loss = (loss_fn(logits.float(), y, indices[0] if indices else None, x) if loss_fn else
