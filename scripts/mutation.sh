@@ -29,6 +29,7 @@ declare -A TESTS=(
   [models/parnet.py]="tests/test_parnet.py tests/test_reference_outputs.py $FEATURE_TESTS"
   [data/idx.py]="tests/test_idx.py tests/test_data.py"
   [train/running.py]="tests/test_step.py"
+  [train/ema.py]="tests/test_ema.py"
   [train/config.py]="tests/test_config.py"
   [data/fashion_mnist.py]="tests/test_fashion_mnist.py tests/test_data.py"
   [models/_helpers.py]="tests/test_model_helpers.py"
@@ -49,7 +50,7 @@ ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py model
        models/_helpers.py train/evaluate.py train/preflight.py
        data/folder.py models/wrn.py models/mimic.py models/preact_resnet.py models/resnet_small.py
        data/cifar.py data/__init__.py
-       models/features.py models/_registry.py)
+       models/features.py models/_registry.py train/ema.py)
 MODULES=("${@:-${ORDER[@]}}")
 
 for module in "${MODULES[@]}"; do
