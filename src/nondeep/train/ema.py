@@ -21,7 +21,6 @@ class ModelEMA(AveragedModel):
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.decay = decay
         self._updates: int | None = None  # the host's copy of n_averaged, read at the first update
 
     @torch.no_grad()
