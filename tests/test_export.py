@@ -8,7 +8,7 @@ import torch
 from conftest import randomize_bn
 
 from nondeep import NondeepError, create_model, reparameterize_model
-from nondeep.export import export_onnx
+from nondeep.export import export_onnx, onnx_bytes, ort_session
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -94,3 +94,13 @@ def test_checkpoint_path_is_loaded(tmp_path):
     with torch.no_grad():
         expected = model.eval()(x).numpy()
     assert np.abs(_session(tmp_path / "best.onnx").run(None, {"input": x.numpy()})[0] - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("spin_after_run, entry", [(False, "1"), (True, "0")])
+def test_sessions_stop_their_threads_spinning_after_a_run_unless_asked(spin_after_run, entry):
+    """Left spinning, a session's threads slow the next session's runs up to 4x (docs/results/ort_spinning.md):
+    the latency forms are timed side by side, so nondeep's sessions stop them by default."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()).eval()
+    session = ort_session(onnx_bytes(model, torch.randn(1, 1, 5, 5)), threads=1, spin_after_run=spin_after_run)
+    assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == entry
+    assert session.get_session_options().intra_op_num_threads == 1

@@ -79,13 +79,16 @@ def _outputs(result: Any) -> list[torch.Tensor]:
                        f"{type(result).__name__}")
 
 
-def ort_session(data: bytes | str | Path, threads: int) -> Any:
+def ort_session(data: bytes | str | Path, threads: int, spin_after_run: bool = False) -> Any:
     """An ONNX Runtime session (CPUExecutionProvider, all graph optimisations) on `threads` intra-op threads
-    and one inter-op thread: the thread count PyTorch gets when the two are compared."""
+    and one inter-op thread: the thread count PyTorch gets when the two are compared. Its threads stop spinning
+    when a run returns (unless spin_after_run): left spinning, they take the cores from the next session's run,
+    and models timed side by side read up to 3x slower than alone (docs/results/ort_spinning.md)."""
     _, ort = _import_onnx(runtime=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.force_spinning_stop", "0" if spin_after_run else "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     source = str(data) if isinstance(data, Path) else data
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
