@@ -96,7 +96,9 @@ def publish(report: dict[str, Any], folder: Path, results: str | None, title: st
     markdown = (f"# {title}\n\n- command: `{meta['command']}`\n- budget: {meta['budget_text']}\n{matched}"
                 f"- machine: {describe_machine(meta['machine'])}\n"
                 + (f"- runs trained by: {Plan(**meta['execution']).text()}\n" if meta.get("execution") else "")
-                + f"- date: {meta['date']}; the lab took {meta['total_seconds'] / 60:.1f} min\n\n"
+                + f"- date: {meta['date']}; this start of the lab took {meta['total_seconds'] / 60:.1f} min; its "
+                f"runs took {_train_minutes(report):.1f} min in all (training and evaluation; runs reused from an "
+                "earlier start included)\n\n"
                 f"{table}\n\n{ACCURACY}: mean over the seeds of the final model's test accuracy (%); ci95: half "
                 "width of its 95% Student-t interval; chosen_on_val_test_accuracy: the same for the checkpoint "
                 "chosen on validation. The test split was read once per run, at its end.\n\n"
@@ -124,3 +126,8 @@ def _curves(per_seed: Sequence[dict[str, Any]]) -> dict[str, list[list[float]]]:
         if row.get("val_curve"):
             curves.setdefault(row["model"], []).append(row["val_curve"])
     return curves
+
+
+def _train_minutes(report: dict[str, Any]) -> float:
+    """Minutes of every run of the lab (reused ones included): the sum of the runs' train_seconds."""
+    return sum(run.get("train_seconds") or 0.0 for run in report.get("runs", [])) / 60
