@@ -50,8 +50,8 @@ def test_best_is_chosen_on_validation_and_test_is_read_only_at_the_end(tiny_fash
     calls = []
     scripted = iter([40.0, 70.0, 55.0])
 
-    def spy(model, loader, device, *args):
-        metrics = real_evaluate(model, loader, device, *args)
+    def spy(model, loader, device, *args, **kwargs):
+        metrics = real_evaluate(model, loader, device, *args, **kwargs)
         calls.append(loader)
         if len(calls) <= 3:  # the three epochs' validation
             metrics["eval_top1"] = next(scripted)
