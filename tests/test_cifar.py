@@ -89,6 +89,18 @@ def test_nothing_but_numpy_and_bytes_is_built(tmp_path, capsys):
     assert "(refuses to load pathlib." in message
 
 
+def test_only_the_named_numpy_globals_and_bytes_are_resolved():
+    """The allow-list is (module, name) pairs: another name in a numpy module, or an allowed name from another
+    module, is refused; bytes comes from either name Python gives its builtins."""
+    import io
+    unpickler = cifar._ArrayUnpickler(io.BytesIO(b""), encoding="bytes")
+    assert unpickler.find_class("numpy", "ndarray") is np.ndarray
+    for module, name in (("numpy", "load"), ("numpy.core.multiarray", "fromfile"), ("os", "dtype")):
+        with pytest.raises(pickle.UnpicklingError, match=f"^refuses to load {module}.{name}$"):
+            unpickler.find_class(module, name)
+    assert unpickler.find_class("builtins", "bytes") is bytes and unpickler.find_class("__builtin__", "bytes") is bytes
+
+
 def test_codecs_encode_is_allowed_only_as_latin1(tmp_path):
     assert cifar._latin1_bytes("\xff") == b"\xff" and cifar._latin1_bytes("a", "latin-1") == b"a"
     for args in (("a", "utf-8"), (b"a", "latin1")):
