@@ -179,3 +179,10 @@ def test_a_new_head_starts_with_zero_bias_and_the_pooling_follows():
     assert model.global_pool == "" and model(torch.randn(1, 3, 8, 8)).shape == (1, 64, 2, 2)  # the unpooled map
     model.reset_classifier(5)
     assert model.global_pool == "avg" and torch.all(model.fc.bias == 0) and model.fc.out_features == 5
+
+
+@pytest.mark.parametrize("name", ["preact_resnet_20", "preact_resnet_164"])
+def test_preact_resnets_pass_their_keyword_arguments_on(name):
+    model = _meta(name, num_classes=3, in_chans=1, drop_rate=0.3)
+    assert (model.num_classes, model.in_chans, model.fc.out_features) == (3, 1, 3)
+    assert model.conv1.in_channels == 1 and any(isinstance(m, nn.Dropout) for m in model.modules())
