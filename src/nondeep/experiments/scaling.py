@@ -57,10 +57,8 @@ DEPTH = 12
 BASE_SIDE, IN_CHANS, NUM_CLASSES = 28, 1, 10   # Fashion-MNIST
 STREAM_COUNTS = range(1, 7)
 WRN_DEPTHS = [6 * n + 4 for n in range(1, 60)]  # WRN-10 ... WRN-358
-# On 2 CPU cores: 1 epoch on 4,000 images (15 steps) left parnet_tiny at chance (10.03% test, 2026-11-29), so
-# the CPU default trains 2 epochs on 10,000 images (78 steps; the streams lab's budget, where parnet_tiny reached
-# 77%) at levels 1 and 2 only (6 models, 10x the base FLOPs a seed): about 2 hours for 3 seeds on 2 idle cores.
-# Far below convergence; the GPU budget (30 epochs, all images, levels 1 2 4) is the one that answers.
+# 2 CPU cores: 15 steps a run left parnet_tiny at chance (10.03%, 2026-11-29); 78 steps (2 epochs on 10,000
+# images) at levels 1 and 2 took 87 min for 3 seeds (docs/results/scaling.md). The GPU budget is the answer.
 CPU_BUDGET = {"epochs": 2, "max_train_samples": 10000}
 CPU_LEVELS = (1.0, 2.0)
 COLUMNS = ["model", "axis", "level", "width_multiplier", "image_size", "num_streams", "widen_factor", "depth",
