@@ -44,7 +44,8 @@ def test_default_run_dir_is_runs_time_model_and_dataset_name(tmp_path):
     match = re.fullmatch(r"(\d{8}-\d{6})-parnet_tiny-fashion-mnist", named.name)
     assert match and before <= dt.datetime.strptime(match[1], "%Y%m%d-%H%M%S") <= after
     folder = tmp_path / "my-images"  # a folder dataset is named by its last part, not its whole path
-    assert loop.default_run_dir(TrainConfig(model="wide_resnet", data=str(folder))).name.endswith("-wide_resnet-my-images")
+    named = loop.default_run_dir(TrainConfig(model="wide_resnet", data=str(folder)))
+    assert named.name.endswith("-wide_resnet-my-images")
 
 
 # --- signals ----------------------------------------------------------------------------------------------
