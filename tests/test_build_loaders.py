@@ -169,3 +169,84 @@ def test_the_test_loader_is_the_test_split_resized(fmnist):
     mean, std = fashion_mnist.MEAN, fashion_mnist.STD
     raw = resize_images(load_arrays("fashion-mnist", "test", fmnist)[0][:8], 14).float() / 255
     assert torch.allclose(x, (raw - mean[0]) / std[0], atol=1e-6)
+
+
+def test_the_download_flag_reaches_fashion_mnist_and_is_on_by_default(fmnist, monkeypatch):
+    asked = []
+    real = fashion_mnist.load_fashion_mnist
+
+    def recording(split, data_dir, download):
+        asked.append((split, download))
+        return real(split, data_dir, False)
+    monkeypatch.setattr(fashion_mnist, "load_fashion_mnist", recording)
+    load_arrays("fashion-mnist", "test", fmnist)
+    load_arrays("fashion-mnist", "test", fmnist, download=False)
+    build_loaders("fashion-mnist", data_dir=str(fmnist))                   # val_split 0: train and test
+    build_loaders("fashion-mnist", data_dir=str(fmnist), download=False)
+    assert build_test_loader("fashion-mnist", data_dir=str(fmnist)).batch_size == 1024  # the default
+    build_test_loader("fashion-mnist", data_dir=str(fmnist), download=False)
+    assert asked == [("test", True), ("test", False), ("train", True), ("test", True), ("train", False),
+                     ("test", False), ("test", True), ("test", False)]
+
+
+def test_a_tree_named_relative_to_data_dir_is_still_a_tree(tmp_path):
+    (tmp_path / "tree").mkdir()
+    with pytest.raises(DatasetError, match="not the image tree tree; use build_loaders for it"):
+        load_arrays("tree", "train", tmp_path)
+
+
+def test_resize_images_works_in_chunks_of_4096_images_and_keeps_black_black(monkeypatch):
+    """The float copy of a whole set is 4x its bytes: the resize goes chunk by chunk (4096 images by default)."""
+    sizes = []
+    real = torch.nn.functional.interpolate
+    monkeypatch.setattr(torch.nn.functional, "interpolate",
+                        lambda part, **kw: sizes.append(len(part)) or real(part, **kw))
+    resize_images(torch.zeros((4097, 1, 2, 2), dtype=torch.uint8), 3)
+    resize_images(torch.zeros((5, 1, 2, 2), dtype=torch.uint8), 3, chunk=2)
+    assert sizes == [4096, 1, 2, 2, 1]
+    assert torch.equal(resize_images(torch.zeros((1, 1, 8, 8), dtype=torch.uint8), 3),
+                       torch.zeros((1, 1, 3, 3), dtype=torch.uint8))  # no floor above 0
+
+
+def test_the_train_loader_augments_as_asked_or_by_the_datasets_default(fmnist):
+    assert build_loaders("fashion-mnist", data_dir=str(fmnist))[0].augment == Augment(crop_padding=2, flip=True)
+    crop_only = Augment(crop_padding=1, flip=False)
+    assert build_loaders("fashion-mnist", data_dir=str(fmnist), augment=crop_only)[0].augment == crop_only
+    assert build_loaders("fashion-mnist", data_dir=str(fmnist), augment=Augment.off())[0].augment is None
+
+
+def test_the_train_order_is_seeded_by_seed_0_by_default(fmnist):
+    def order(**kwargs):
+        train = build_loaders("fashion-mnist", data_dir=str(fmnist), batch_size=10, augment=Augment.off(),
+                              **kwargs)[0]
+        train.set_epoch(0)
+        return torch.cat([y for _, y in train])
+    assert torch.equal(order(), order(seed=0)) and not torch.equal(order(), order(seed=1))
+
+
+def test_a_whole_set_of_exactly_one_batch_must_keep_a_batch_after_the_split():
+    with pytest.raises(DatasetError, match="leaves 90 of 100 training images, fewer than one batch \\(100\\)"):
+        check_holdout(100, 90, 10, 0.1, 100)
+
+
+def _image_tree(root: Path) -> Path:
+    from PIL import Image
+    for split in ("train", "val"):
+        for c, name in enumerate(("ant", "bee")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (40 * c + i,) * 3).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_a_trees_loaders_are_found_under_data_dir_with_their_defaults(tmp_path):
+    _image_tree(tmp_path / "tree")
+    train, _, info = build_loaders("tree", data_dir=str(tmp_path), batch_size=2)
+    assert info.path == str((tmp_path / "tree").resolve()) and info.num_train == 4
+    assert train.loader.num_workers == 2  # DataLoader workers by default
+    test = build_test_loader("tree", data_dir=str(tmp_path))
+    assert test.batch_size == 1024 and test.loader.num_workers == 2 and len(test.dataset) == 4
+    image, _ = test.dataset[0]
+    assert image.shape == (3, 224, 224)  # a tree's test split is read at 224 x 224, 3 channels, by default
+    small = build_test_loader(str(tmp_path / "tree"), batch_size=3, image_size=16, in_chans=1, num_workers=0)
+    assert small.batch_size == 3 and small.loader.num_workers == 0 and small.dataset[0][0].shape == (1, 16, 16)
