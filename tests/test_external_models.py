@@ -73,3 +73,39 @@ def test_timm_prefix_calls_timm(monkeypatch):
     assert calls[-1] == ("fakenet", False, {"features_only": True, "out_indices": (1, 2)})
     with pytest.raises(UnknownModelError, match="did you mean timm:fakenet"):
         create_model("timm:fakenet2")
+
+
+def test_a_real_timm_model_gets_its_own_config_and_class_count():
+    timm = pytest.importorskip("timm")  # an optional dependency of nondeep (the dev extra installs it)
+    theirs = timm.create_model("resnet18").pretrained_cfg
+    model = create_model("timm:resnet18")
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == tuple(theirs["input_size"]) and isinstance(cfg["input_size"], tuple)
+    assert (cfg["mean"], cfg["std"], cfg["crop_pct"]) == (theirs["mean"], theirs["std"], theirs["crop_pct"])
+    assert cfg["num_classes"] == 1000 and cfg["first_conv"] == "conv1" and cfg["classifier"] == "fc"
+    small = create_model("timm:resnet18", num_classes=7, in_chans=1).eval()
+    assert small.pretrained_cfg["num_classes"] == 7 and small.pretrained_cfg["input_size"] == (1, 224, 224)
+    with torch.no_grad():
+        assert small(torch.randn(1, 1, 32, 32)).shape == (1, 7)
+
+
+def test_timm_models_class_count_and_config_come_from_the_model(monkeypatch):
+    """The config's class count is the built model's own (a timm default head need not have 1000); a model
+    without a pretrained_cfg or num_classes gets nondeep's defaults; pretrained reaches timm."""
+    calls = []
+
+    def fake_create_model(name, **kwargs):
+        calls.append(kwargs)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(11))
+        if name == "headnet":
+            model.num_classes = 11  # its own head; no pretrained_cfg
+        return model
+
+    fake = types.SimpleNamespace(create_model=fake_create_model, is_model=lambda n: n in ("headnet", "barenet"),
+                                 list_models=lambda: ["headnet", "barenet"])
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    headnet = create_model("timm:headnet").pretrained_cfg
+    assert headnet["num_classes"] == 11 and headnet["input_size"] == (3, 224, 224) and headnet["crop_pct"] == 0.875
+    assert create_model("timm:barenet").pretrained_cfg["num_classes"] == 1000
+    create_model("timm:barenet", pretrained=True)
+    assert [c["pretrained"] for c in calls] == [False, False, True]

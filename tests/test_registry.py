@@ -71,6 +71,21 @@ def test_a_lazy_name_is_listed_and_its_registration_replaces_it(registry):
     assert "lazy_one" not in _registry._lazy and list_models().count("lazy_one") == 1
 
 
+def test_resolving_a_lazy_name_imports_its_module_once(registry, tmp_path, monkeypatch):
+    (tmp_path / "lazy_family.py").write_text(
+        "from torch import nn\nfrom nondeep.models._registry import register_model\n\n"
+        "@register_model\ndef lazy_net(**kwargs):\n    return nn.Linear(2, 2)\n")
+    (tmp_path / "broken_family.py").write_text("")  # registers nothing
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_lazy("lazy_family", ["lazy_net"])
+    register_lazy("broken_family", ["ghost_net"])
+    assert _registry._lazy["lazy_net"] == "lazy_family" and "lazy_net" not in _registry._builders
+    assert isinstance(create_model("lazy_net"), nn.Linear) and "lazy_net" in _registry._builders
+    with pytest.raises(RuntimeError) as err:
+        create_model("ghost_net")
+    assert str(err.value) == "broken_family was to register 'ghost_net' and did not"
+
+
 def test_list_models_is_sorted_and_filtered_by_wildcards():
     names = list_models()
     assert names == sorted(names) and len(names) == len(set(names))
