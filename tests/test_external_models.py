@@ -109,3 +109,34 @@ def test_timm_models_class_count_and_config_come_from_the_model(monkeypatch):
     assert create_model("timm:barenet").pretrained_cfg["num_classes"] == 1000
     create_model("timm:barenet", pretrained=True)
     assert [c["pretrained"] for c in calls] == [False, False, True]
+
+
+def test_torchvision_config_reads_the_weights_transforms_or_falls_back(monkeypatch):
+    """crop, resize and interpolation come from the default weights' transforms when they record them (a
+    one-element crop list too); a model that fixes its own image_size (ViT) wins; without either, ImageNet's
+    default config."""
+    import functools
+
+    import torchvision.models as tvm
+    from torchvision.transforms import InterpolationMode
+
+    from nondeep.models._registry import _torchvision_cfg, default_cfg
+
+    with torch.device("meta"):
+        vit = create_model("torchvision:vit_b_16", image_size=384)
+    assert vit.pretrained_cfg["input_size"] == (3, 384, 384)
+
+    def weights_with(transforms):
+        return lambda name: types.SimpleNamespace(DEFAULT=types.SimpleNamespace(transforms=transforms))
+
+    monkeypatch.setattr(tvm, "get_model_weights", weights_with(functools.partial(
+        print, crop_size=[240], resize_size=[256], interpolation=InterpolationMode.BICUBIC)))
+    cfg = _torchvision_cfg("anynet")
+    assert (cfg["input_size"], cfg["crop_pct"], cfg["interpolation"]) == ((3, 240, 240), 0.9375, "bicubic")
+    monkeypatch.setattr(tvm, "get_model_weights", weights_with(lambda image: image))  # no recorded keywords
+    assert _torchvision_cfg("anynet") == default_cfg()
+
+    def no_weights(name):
+        raise ValueError(f"no weights for {name}")
+    monkeypatch.setattr(tvm, "get_model_weights", no_weights)
+    assert _torchvision_cfg("anynet") == default_cfg()
