@@ -133,6 +133,9 @@ def test_torchvision_config_reads_the_weights_transforms_or_falls_back(monkeypat
         print, crop_size=[240], resize_size=[256], interpolation=InterpolationMode.BICUBIC)))
     cfg = _torchvision_cfg("anynet")
     assert (cfg["input_size"], cfg["crop_pct"], cfg["interpolation"]) == ((3, 240, 240), 0.9375, "bicubic")
+    monkeypatch.setattr(tvm, "get_model_weights",
+                        weights_with(functools.partial(print, crop_size=224, resize_size=224)))
+    assert _torchvision_cfg("anynet")["crop_pct"] == 1.0  # resized to the crop: nothing cut
     monkeypatch.setattr(tvm, "get_model_weights", weights_with(lambda image: image))  # no recorded keywords
     assert _torchvision_cfg("anynet") == default_cfg()
 
