@@ -186,3 +186,23 @@ def test_runner_registers_before_the_script(timm, tmp_path):
     out = subprocess.run([sys.executable, "-m", "nondeep.timm_compat", str(script), "parnet_tiny"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "parnet_tiny"
+
+
+def test_small_image_resnet_heads_names_and_pooling():
+    """The small-image ResNet's own code: a 1-class head is a linear head, errors name the model (`resnet` by
+    default), pre_logits gives the pooled features, and a head reset keeps the pooling and records its classes."""
+    from nondeep.errors import InputShapeError
+    from nondeep.models.resnet_small import SmallImageResNet
+
+    one = SmallImageResNet([1, 1, 1, 1], num_classes=1).eval()
+    assert isinstance(one.fc, torch.nn.Linear) and one.fc.out_features == 1
+    assert one(torch.randn(2, 3, 8, 8)).shape == (2, 1)
+    with pytest.raises(InputShapeError, match="^resnet expects"):
+        one(torch.randn(3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    assert one.forward_head(one.forward_features(x), pre_logits=True).shape == (2, 512)
+    unpooled = SmallImageResNet([1, 1, 1, 1], num_classes=0, global_pool="")
+    unpooled.reset_classifier(0)  # None keeps the current pooling: still none
+    assert unpooled.global_pool == "" and unpooled.num_classes == 0
+    unpooled.reset_classifier(5)
+    assert unpooled.global_pool == "avg" and unpooled.num_classes == 5 and unpooled.fc.out_features == 5
