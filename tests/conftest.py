@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +80,15 @@ def make_fashion_like(folder, n_train: int = 512, n_test: int = 256, seed: int =
 @pytest.fixture(scope="session")
 def tiny_fashion(tmp_path_factory):
     return make_fashion_like(tmp_path_factory.mktemp("fashion"))
+
+
+def make_image_tree(root, classes=("ant", "bee"), n: int = 5, size=(8, 8), mode: str = "RGB") -> Path:
+    """An image tree under root: n images a class; image i of class c is filled with 10 * c + i (grey level or
+    every colour)."""
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new(mode, size, 10 * c + i if mode == "L" else (10 * c + i,) * 3).save(root / name / f"{i}.png")
+    return root

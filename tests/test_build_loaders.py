@@ -229,18 +229,10 @@ def test_a_whole_set_of_exactly_one_batch_must_keep_a_batch_after_the_split():
         check_holdout(100, 90, 10, 0.1, 100)
 
 
-def _image_tree(root: Path) -> Path:
-    from PIL import Image
-    for split in ("train", "val"):
-        for c, name in enumerate(("ant", "bee")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(2):
-                Image.new("RGB", (8, 8), (40 * c + i,) * 3).save(root / split / name / f"{i}.png")
-    return root
-
-
 def test_a_trees_loaders_are_found_under_data_dir_with_their_defaults(tmp_path):
-    _image_tree(tmp_path / "tree")
+    from conftest import make_image_tree
+    for split in ("train", "val"):
+        make_image_tree(tmp_path / "tree" / split, n=2)
     train, _, info = build_loaders("tree", data_dir=str(tmp_path), batch_size=2)
     assert info.path == str((tmp_path / "tree").resolve()) and info.num_train == 4
     assert train.loader.num_workers == 2  # DataLoader workers by default

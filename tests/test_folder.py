@@ -20,16 +20,9 @@ from nondeep.data.sampling import epoch_indices
 from nondeep.data.tensor_loader import Augment
 from nondeep.errors import DatasetError
 
+from conftest import make_image_tree as tree
+
 CPU = torch.device("cpu")
-
-
-def tree(root: Path, classes=("ant", "bee"), n: int = 5, size=(8, 8), mode: str = "RGB") -> Path:
-    """n images a class; image i of class c is filled with 10 * c + i (grey level or every colour)."""
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            Image.new(mode, size, 10 * c + i if mode == "L" else (10 * c + i,) * 3).save(root / name / f"{i}.png")
-    return root
 
 
 def loaders(root: Path, **kwargs):
