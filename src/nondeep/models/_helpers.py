@@ -1,7 +1,7 @@
 """Small pieces shared by the model families."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: torch.fx copies ClassifierHead.forward's annotations into the
+# code it traces, which TorchScript must then read (timm's fx + script test of the small-image ResNet).
 from typing import List, Optional
 
 import torch
@@ -49,7 +49,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 GLOBAL_POOLS = ("avg", "")
 
 
-def check_global_pool(global_pool: str | None, num_classes: int, current: str = "avg") -> str:
+def check_global_pool(global_pool: Optional[str], num_classes: int, current: str = "avg") -> str:
     """The pooling for a head of `num_classes`: `global_pool`, or for None the `current` one, except that a
     linear head brings average pooling back (it takes pooled features). ValueError unless "avg" or ""
     (no pooling), or for "" asked for together with a linear head."""
@@ -71,3 +71,23 @@ def new_classifier(model: nn.Module, num_features: int, num_classes: int) -> nn.
     kwargs = {} if reference is None else dict(device=reference.device, dtype=reference.dtype)
     head = nn.Linear(num_features, num_classes, **kwargs)
     return head.train(model.training)
+
+
+class ClassifierHead:
+    """timm's classifier contract for a family with `forward_features`, `forward_head` and a head `fc` over
+    `num_features` pooled features: forward, get_classifier, reset_classifier. List it before nn.Module (or
+    torchvision's ResNet) among the bases, so that its `forward` is the one called."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new linear head on the model's device and dtype; 0 removes it, so that forward returns the pooled
+        features, or with `global_pool=''` the unpooled map (None keeps the current pooling; a linear head
+        brings average pooling back)."""
+        self.global_pool = check_global_pool(global_pool, num_classes, current=self.global_pool)
+        self.num_classes = num_classes
+        self.fc = new_classifier(self, self.num_features, num_classes)

@@ -27,7 +27,7 @@ FASHION_MNIST_CFG = default_cfg(input_size=(1, 28, 28), mean=(0.2860,), std=(0.3
                                 crop_pct=1.0, fixed_input_size=True)
 
 
-class ShallowMimicNet(nn.Module):
+class ShallowMimicNet(_helpers.ClassifierHead, nn.Module):
     """flatten -> Linear(in, bottleneck) -> Linear(bottleneck, hidden) -> activation -> Linear(hidden, classes).
 
     `bottleneck=None` drops the linear bottleneck (the plain shallow net). `input_size` is (C, H, W) or (H, W);
@@ -77,12 +77,6 @@ class ShallowMimicNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new linear head on the model's device and dtype; 0 removes it, so that forward returns the hidden

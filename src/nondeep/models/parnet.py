@@ -36,7 +36,7 @@ from .blocks import BlockType, ConvBNAct, FusionBlock, RepVGGBlock
 from .features import feature_take_indices
 
 
-class ParNet(nn.Module):
+class ParNet(_helpers.ClassifierHead, nn.Module):
     """A ParNet. `widths` has one entry a stream plus the head width; `stream_depths` one entry a stream."""
 
     def __init__(self, widths: Sequence[int] = (96, 192, 384, 1280), stream_depths: Sequence[int] = (4, 5, 5),
@@ -191,20 +191,6 @@ class ParNet(nn.Module):
         if self.drop_rate > 0:
             x = F.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new linear head on the model's device and dtype; 0 removes it, so that forward returns the pooled
-        features, or with `global_pool=''` the unpooled map (None keeps the current pooling; a linear head
-        brings average pooling back)."""
-        self.global_pool = _helpers.check_global_pool(global_pool, num_classes, current=self.global_pool)
-        self.num_classes = num_classes
-        self.fc = _helpers.new_classifier(self, self.num_features, num_classes)
 
 
 # The configs name the first conv and the unpooled map's size at the default input (timm's `first_conv`

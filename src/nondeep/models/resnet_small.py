@@ -17,7 +17,7 @@ from ._registry import CIFAR_CFG, register_model
 SMALL_RESNET_CFG = dict(CIFAR_CFG, first_conv="conv1", pool_size=(4, 4))
 
 
-class SmallImageResNet(torchvision.models.ResNet):
+class SmallImageResNet(_helpers.ClassifierHead, torchvision.models.ResNet):
     """A torchvision ResNet whose stem keeps the resolution: conv3x3 stride 1, no max-pool. It adds the
     timm-style split forward (`forward_features` / `forward_head`) and head reset of the other families."""
 
@@ -41,20 +41,6 @@ class SmallImageResNet(torchvision.models.ResNet):
         if self.global_pool == "avg":
             x = torch.flatten(self.avgpool(x), 1)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new linear head on the model's device and dtype; 0 removes it, so that forward returns the pooled
-        features, or with `global_pool=''` the unpooled map (None keeps the current pooling; a linear head
-        brings average pooling back)."""
-        self.global_pool = _helpers.check_global_pool(global_pool, num_classes, current=self.global_pool)
-        self.num_classes = num_classes
-        self.fc = _helpers.new_classifier(self, self.num_features, num_classes)
 
 
 @register_model(cfg=SMALL_RESNET_CFG)

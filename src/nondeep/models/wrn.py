@@ -117,7 +117,7 @@ def blocks_per_group(depth: int, block: BlockName = "basic", depth_rule: DepthRu
     return n
 
 
-class WideResNet(nn.Module):
+class WideResNet(_helpers.ClassifierHead, nn.Module):
     """A pre-activation residual network for 32x32 images: WRN-`depth`-`widen_factor`, or, with
     `depth_rule="resnet"` and `widen_factor=1`, the thin pre-act ResNets it is compared with."""
 
@@ -221,19 +221,9 @@ class WideResNet(nn.Module):
             x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new linear head on the model's device and dtype; 0 removes it, so that forward returns the pooled
-        features, or with `global_pool=''` the unpooled map (None keeps the current pooling; a linear head
-        brings average pooling back)."""
-        self.global_pool = _helpers.check_global_pool(global_pool, num_classes, current=self.global_pool)
-        self.num_classes = num_classes
-        self.fc = _helpers.new_classifier(self, self.num_features, num_classes)
+        """As every family's (ClassifierHead), with the new head's bias at zero like the built one's."""
+        super().reset_classifier(num_classes, global_pool)
         if num_classes > 0:
             nn.init.zeros_(self.fc.bias)
 
