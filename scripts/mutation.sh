@@ -25,6 +25,12 @@ TIMM_TESTS="$(printf 'tests/test_timm_compat.py::%s ' test_reset_classifier_keep
   test_features_only_out_index_1_has_no_unused_parameter test_prune_head_false_needs_the_head_level \
   test_first_conv_names_a_real_conv test_timm_pretrained_cfg_matches_the_built_model test_timm_create_model_options \
   test_timm_reparameterize_fuses_as_nondeep_does)"
+# the trainer's in-process tests (no DDP, no subprocess, no SIGKILL: each survivor runs them all)
+LOOP_TESTS="tests/test_loop.py tests/test_selection.py tests/test_train_options.py tests/test_step.py
+  $(printf 'tests/test_train.py::%s ' test_training_learns_and_writes_a_run_folder \
+  test_checkpoint_round_trip_and_fused_eval test_sigterm_checkpoints_and_resume_is_exact \
+  test_existing_run_is_not_overwritten test_config_errors test_class_count_that_does_not_fit_the_checkpoint)
+  tests/test_reliability.py::test_nan_loss_stops_with_step_lr_and_checkpoint_or_is_skipped"
 # module (under src/nondeep) -> the test files that exercise it
 declare -A TESTS=(
   [train/optim.py]="tests/test_optim.py"
@@ -36,6 +42,7 @@ declare -A TESTS=(
   [data/idx.py]="tests/test_idx.py tests/test_data.py"
   [train/running.py]="tests/test_step.py"
   [train/ema.py]="tests/test_ema.py"
+  [train/loop.py]="$LOOP_TESTS"
   [train/config.py]="tests/test_config.py"
   [data/fashion_mnist.py]="tests/test_fashion_mnist.py tests/test_data.py"
   [models/_helpers.py]="tests/test_model_helpers.py"
@@ -56,7 +63,7 @@ ORDER=(train/optim.py data/sampling.py data/tensor_loader.py checkpoint.py model
        models/_helpers.py train/evaluate.py train/preflight.py
        data/folder.py models/wrn.py models/mimic.py models/preact_resnet.py models/resnet_small.py
        data/cifar.py data/__init__.py
-       models/features.py models/_registry.py train/ema.py)
+       models/features.py models/_registry.py train/ema.py train/loop.py)
 MODULES=("${@:-${ORDER[@]}}")
 
 for module in "${MODULES[@]}"; do

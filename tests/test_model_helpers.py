@@ -1,6 +1,6 @@
 """What every model family shares (nondeep.models._helpers): the input check's one-line refusals at each edge,
 the channel shuffle's permutation, and the classifier-head contract (global_pool, a new head's device, dtype
-and mode)."""
+and mode, and ClassifierHead, the forward / get_classifier / reset_classifier every family inherits)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from nondeep.errors import InputShapeError
-from nondeep.models._helpers import GLOBAL_POOLS, channel_shuffle, check_global_pool, check_input, new_classifier
+from nondeep.models._helpers import (GLOBAL_POOLS, ClassifierHead, channel_shuffle, check_global_pool, check_input,
+                                     new_classifier)
 
 
 def refusal(x: torch.Tensor, **kwargs) -> str:
@@ -115,3 +116,43 @@ def test_no_classes_is_no_head_and_a_model_without_other_parameters_gets_default
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_a_new_head_is_on_the_bodys_device():
     assert new_classifier(Body().cuda(), 4, 3).weight.is_cuda
+
+
+class PooledNet(ClassifierHead, nn.Module):
+    """The smallest family on ClassifierHead: a conv body, average pooling or none, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, dtype=torch.float64)
+        self.num_features, self.num_classes, self.global_pool = 4, 2, "avg"
+        self.fc = nn.Linear(4, 2, dtype=torch.float64)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+
+def test_classifier_head_forward_is_the_head_on_the_features_and_reset_replaces_fc():
+    net = PooledNet().eval()
+    x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
+    assert torch.equal(net(x), net.fc(net.conv(x).mean((2, 3))))
+    assert net.get_classifier() is net.fc
+
+    net.reset_classifier(5)                                   # a new linear head, in the body's dtype and mode
+    assert net.num_classes == 5 and net.global_pool == "avg" and net.get_classifier() is net.fc
+    assert (net.fc.in_features, net.fc.out_features, net.fc.weight.dtype) == (4, 5, torch.float64)
+    assert not net.fc.training and net(x).shape == (3, 5)
+
+    net.reset_classifier(0, global_pool="")                   # no head, no pooling: the feature map
+    assert isinstance(net.fc, nn.Identity) and (net.num_classes, net.global_pool) == (0, "")
+    assert torch.equal(net(x), net.conv(x))
+    net.reset_classifier(0)                                   # None keeps the current pooling
+    assert net.global_pool == ""
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        net.reset_classifier(3, global_pool="")
+    net.reset_classifier(3)                                   # a linear head brings pooling back
+    assert net.global_pool == "avg" and net(x).shape == (3, 3)
