@@ -68,9 +68,37 @@ def test_the_extractor_can_leave_the_model_whole():
     assert FeatureExtractor(create_model("wrn_16_1")).pretrained_cfg == dict(create_model("wrn_16_1").pretrained_cfg)
 
 
+def test_an_unpruned_extractor_stops_after_the_last_level_it_returns():
+    """Nothing past the deepest requested level runs: not the later groups, not the head."""
+    model = create_model("wrn_16_1", in_chans=1)
+    ran = []
+    for name in ("layer2", "layer3", "bn", "fc"):
+        getattr(model, name).register_forward_hook(lambda module, args, out, name=name: ran.append(name))
+    FeatureExtractor(model, out_indices=(0,), prune=False)(torch.randn(1, 1, 8, 8))
+    assert ran == []
+    FeatureExtractor(model, out_indices=(0, 1), prune=False)(torch.randn(1, 1, 8, 8))
+    assert ran == ["layer2"]
+
+
+def test_a_model_without_a_pretrained_cfg_gets_an_empty_one():
+    model = create_model("wrn_16_1", in_chans=1)
+    del model.pretrained_cfg
+    assert FeatureExtractor(model).pretrained_cfg == {}
+
+
 def test_a_model_without_features_is_one_line():
     with pytest.raises(NondeepError) as err:
         FeatureExtractor(nn.Linear(2, 2))
     assert str(err.value) == ("Linear has no feature_info / forward_intermediates: features_only works for "
                               "nondeep's ParNet and WideResNet families (and timm: models, which timm extracts "
                               "itself)")
+
+
+def test_a_model_with_only_half_of_the_feature_contract_is_refused():
+    no_info = create_model("wrn_16_1", in_chans=1)
+    del no_info.feature_info                      # forward_intermediates without the levels' description
+    levels_only = nn.Conv2d(1, 4, 3)
+    levels_only.feature_info = [dict(num_chs=4, reduction=1, module="")]  # no forward_intermediates
+    for model in (no_info, levels_only):
+        with pytest.raises(NondeepError, match="has no feature_info / forward_intermediates"):
+            FeatureExtractor(model)
