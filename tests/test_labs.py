@@ -252,6 +252,19 @@ def test_time_to_accuracy_tunes_on_validation_and_times_on_test(tiny_fashion, tm
     assert (tmp_path / "tta" / "time_to_accuracy.md").is_file()
 
 
+def test_time_verdicts_state_the_slower_model_with_its_interval_in_that_direction():
+    from nondeep.experiments.time_to_accuracy import _time_verdict
+
+    a_faster = {"a": "resnet", "b": "parnet", "diff": -1.02, "low": -1.11, "high": -0.93, "decided": True}
+    assert _time_verdict(a_faster) == "parnet slower to target than resnet by 1.02 min (95% CI [+0.93, +1.11] min)"
+    a_slower = {"a": "resnet", "b": "parnet", "diff": 0.5, "low": 0.2, "high": 0.8, "decided": True}
+    assert _time_verdict(a_slower) == "resnet slower to target than parnet by 0.50 min (95% CI [+0.20, +0.80] min)"
+    level = {"a": "resnet", "b": "parnet", "diff": -0.1, "low": -0.3, "high": 0.1, "decided": False}
+    assert _time_verdict(level) == ("resnet vs parnet: no detectable difference in time to target (-0.10 min, "
+                                    "95% CI [-0.30, +0.10] min)")
+    assert _time_verdict({**level, "low": None}) == "resnet vs parnet: one seed on a side, no verdict"
+
+
 def test_the_readme_table_is_generated_from_the_reports(tmp_path, capsys):
     report = {"meta": {"lab": "blocks", "budget_text": "2 epoch(s), seeds [0, 1, 2]", "matched": "params",
                        "command": "nondeep lab blocks", "date": "2026-11-28T21:00:00",

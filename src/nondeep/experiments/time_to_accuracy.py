@@ -83,14 +83,18 @@ def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MOD
 
 
 def _time_verdict(c: dict[str, Any]) -> str:
-    """The verdict on time to target: 'A slower than B by x minutes' (the interval excludes zero) or level."""
+    """The verdict on time to target (c: a Welch comparison of a - b in minutes): 'X slower to target than Y by
+    x min' with the interval of X - Y (it excludes zero), or 'no detectable difference'."""
     if c["low"] is None:
         return f"{c['a']} vs {c['b']}: one seed on a side, no verdict"
     interval = f"95% CI [{c['low']:+.2f}, {c['high']:+.2f}] min"
     if not c["decided"]:
         return f"{c['a']} vs {c['b']}: no detectable difference in time to target ({c['diff']:+.2f} min, {interval})"
-    slower, faster = (c["a"], c["b"]) if c["diff"] > 0 else (c["b"], c["a"])
-    return f"{slower} slower to target than {faster} by {abs(c['diff']):.2f} min ({interval})"
+    if c["diff"] > 0:
+        return f"{c['a']} slower to target than {c['b']} by {c['diff']:.2f} min ({interval})"
+    # said of b, so the interval is of b - a: it is then positive, as the sentence reads
+    return (f"{c['b']} slower to target than {c['a']} by {-c['diff']:.2f} min (95% CI [{-c['high']:+.2f}, "
+            f"{-c['low']:+.2f}] min)")
 
 
 def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
