@@ -174,3 +174,29 @@ def test_pruning_to_a_stream_keeps_only_what_it_needs():
     head = create_model("parnet_tiny")
     head.prune_intermediate_layers([3])
     assert not isinstance(head.head_conv, nn.Identity) and isinstance(head.fc, nn.Identity)
+
+
+def test_intermediates_final_map_and_stop_early():
+    """Without stop_early (the default) the final map is the head conv's, whatever the levels asked for; with it,
+    the final map is the deepest level asked for, and nothing after that level runs."""
+    model = create_model("parnet_tiny").eval()
+    x = torch.randn(2, 3, 32, 32)
+    head_level = model.num_streams  # levels: the streams but the last, the fused map, the head conv's map
+    with torch.no_grad():
+        features = model.forward_features(x)
+        final, levels = model.forward_intermediates(x)
+        assert torch.equal(final, features) and torch.equal(levels[head_level], features)
+        final, _ = model.forward_intermediates(x, indices=[0])
+        assert torch.equal(final, features)
+        for level in range(head_level + 1):
+            final, (only,) = model.forward_intermediates(x, indices=[level], stop_early=True)
+            assert torch.equal(only, levels[level]) and torch.equal(final, only), level
+    ran = []
+    for name, module in [*((f"stream{i}", s) for i, s in enumerate(model.streams)), ("head_conv", model.head_conv)]:
+        module.register_forward_hook(lambda m, args, out, name=name: ran.append(name))
+    with torch.no_grad():
+        model.forward_intermediates(x, indices=[0], stop_early=True)
+        assert ran == ["stream0"]
+        ran.clear()
+        model.forward_intermediates(x, indices=[head_level - 1], stop_early=True)  # the fused map: no head conv
+        assert ran == [f"stream{i}" for i in range(model.num_streams)]
