@@ -163,9 +163,17 @@ def test_intermediates_refuse_other_formats_and_pruning_names_the_head_level():
 
 
 def test_pruning_to_a_stream_keeps_only_what_it_needs():
-    model = create_model("parnet_tiny")
+    model = create_model("parnet_tiny").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        (level1,) = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    stream1 = model.streams[1]
     assert model.prune_intermediate_layers([1]) == [1]
     assert isinstance(model.streams[0], nn.Identity) and len(model.streams) == 2  # stream 0 not asked for
+    assert model.streams[1] is stream1  # the stream asked for stays, with its weights
+    with torch.no_grad():
+        assert torch.equal(model.forward_intermediates(x, indices=[1], intermediates_only=True)[0], level1)
+        assert torch.equal(model.forward_features(x), level1)  # the pruned model ends at the last level kept
     assert len(model.downsamples) == 1 and len(model.fusions) == 0 and model.first_stream_down is None
     assert isinstance(model.head_conv, nn.Identity) and isinstance(model.fc, nn.Identity)
     fused = create_model("parnet_tiny")
