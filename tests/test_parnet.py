@@ -94,8 +94,12 @@ def test_wrong_channels_and_size_say_what_is_expected():
         model(torch.randn(1, 1, 32, 32))
     with pytest.raises(InputShapeError, match="multiples of 4"):
         model(torch.randn(1, 3, 30, 30))
-    with pytest.raises(InputShapeError, match="multiples of 32"):
+    with pytest.raises(InputShapeError, match="^parnet_s expects height and width that are multiples of 32"):
         create_model("parnet_s")(torch.randn(1, 3, 100, 100))
+    with pytest.raises(InputShapeError, match="^parnet_s expects 3 input channel"):  # the errors name the family
+        create_model("parnet_small_image_s")(torch.randn(1, 1, 32, 32))
+    with pytest.raises(InputShapeError, match="^parnet_tiny expects height and width that are multiples of 4"):
+        model(torch.randn(1, 3, 30, 30))
     with pytest.raises(ValueError, match="widths"):
         ParNet(widths=(8, 16, 32), stream_depths=(1, 1, 1))
 
