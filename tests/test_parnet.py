@@ -145,6 +145,14 @@ def test_the_small_image_form_of_the_imagenet_widths():
     assert create_model("parnet_s", width_multiplier=0.25).pretrained_cfg["input_size"] == (3, 224, 224)
 
 
+def test_a_parnet_built_directly_has_no_dropout_and_its_errors_name_it():
+    model = ParNet(widths=(8, 16, 32, 64), stream_depths=(1, 1, 1), num_classes=3).train()
+    features = torch.ones(2, model.num_features, 2, 2)
+    assert model.drop_rate == 0 and torch.equal(model.forward_head(features, pre_logits=True), torch.ones(2, 64))
+    with pytest.raises(InputShapeError, match="^parnet expects 3 input channel"):
+        model(torch.randn(1, 1, 32, 32))
+
+
 def test_dropout_before_the_classifier_in_training_only():
     model = create_model("parnet_tiny", drop_rate=0.5, width_multiplier=0.5)
     features = torch.ones(4, model.num_features, 2, 2)
@@ -178,6 +186,11 @@ def test_pruning_to_a_stream_keeps_only_what_it_needs():
     with torch.no_grad():
         assert torch.equal(model.forward_intermediates(x, indices=[1], intermediates_only=True)[0], level1)
         assert torch.equal(model.forward_features(x), level1)  # the pruned model ends at the last level kept
+    first = create_model("parnet_tiny").eval()
+    with torch.no_grad():
+        (level0,) = first.forward_intermediates(x, indices=[0], intermediates_only=True)
+        first.prune_intermediate_layers([0])
+        assert len(first.streams) == 1 and torch.equal(first.forward_features(x), level0)
     assert len(model.downsamples) == 1 and len(model.fusions) == 0 and model.first_stream_down is None
     assert isinstance(model.head_conv, nn.Identity) and isinstance(model.fc, nn.Identity)
     fused = create_model("parnet_tiny")
