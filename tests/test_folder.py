@@ -225,3 +225,18 @@ def test_grey_trees_are_read_grey_and_normalised_with_the_grey_statistics(tmp_pa
     x3, _ = next(iter(loaders(tmp_path, in_chans=3)[1]))
     assert x3.shape == (2, 3, 8, 8)
     assert x3[1, :, 0, 0].tolist() == pytest.approx([(10 / 255 - m) / s for m, s in zip(MEAN, STD)], abs=1e-6)
+
+
+def test_the_test_loader_serves_all_of_val_in_order_at_the_asked_size_and_channels(tmp_path):
+    tree(tmp_path / "train", n=5)
+    assert build_folder_test_loader(tmp_path, batch_size=4, device=CPU, image_size=8, in_chans=1,
+                                    num_workers=0) is None  # train/ without val/: no test split
+    tree(tmp_path / "val", n=3, size=(12, 12))  # 6 images of 12x12: batches of 4 and 2, none dropped
+    test = build_folder_test_loader(tmp_path, batch_size=4, device=CPU, image_size=8, in_chans=1, num_workers=0)
+    for _ in range(2):  # the same order every time: not shuffled
+        batches = list(test)
+        assert [tuple(x.shape) for x, _ in batches] == [(4, 1, 8, 8), (2, 1, 8, 8)]
+        assert [y.tolist() for _, y in batches] == [[0, 0, 0, 1], [1, 1]]
+        grey = torch.cat([x[:, 0, 0, 0] for x, _ in batches])  # image i of class c is filled with 10c + i
+        levels = torch.tensor([0., 1, 2, 10, 11, 12]) / 255
+        assert torch.allclose(grey, (levels - GREY_MEAN[0]) / GREY_STD[0], atol=1e-6)
