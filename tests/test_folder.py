@@ -5,6 +5,7 @@ held-out split and fixed training order, and each refusal as one line naming the
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,10 @@ def test_a_workers_error_keeps_its_one_line():
                            "call last):\n  File ...\nnondeep.errors.DatasetError: cannot read image x.png (bad): "
                            "delete or replace the file\n")
     assert str(_clean(wrapped)) == "cannot read image x.png (bad): delete or replace the file"
+    nested = DatasetError("Original Traceback\nnondeep.errors.DatasetError: x.png: DatasetError: inner\n")
+    assert str(_clean(nested)) == "x.png: DatasetError: inner"  # only the first prefix goes
+    other = DatasetError("Original Traceback (most recent call last):\nOSError: disk gone\n")
+    assert str(_clean(other)) == "OSError: disk gone"  # no DatasetError prefix: the last line whole
 
 
 def test_the_loaders_length_drop_last_and_resume_offset(tmp_path):
@@ -240,3 +245,24 @@ def test_the_test_loader_serves_all_of_val_in_order_at_the_asked_size_and_channe
         grey = torch.cat([x[:, 0, 0, 0] for x, _ in batches])  # image i of class c is filled with 10c + i
         levels = torch.tensor([0., 1, 2, 10, 11, 12]) / 255
         assert torch.allclose(grey, (levels - GREY_MEAN[0]) / GREY_STD[0], atol=1e-6)
+
+
+def test_workers_ignore_ctrl_c_and_the_defaults_of_the_transform_and_the_epoch(tmp_path):
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        folder._ignore_ctrl_c(0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    image = Image.new("RGB", (SMALL_IMAGE, SMALL_IMAGE), (10, 20, 30))
+    plain = train_transform(SMALL_IMAGE, Augment(crop_padding=0, flip=False))  # 3 channels by default
+    assert torch.allclose(plain(image)[:, 0, 0], (torch.tensor([10., 20, 30]) / 255 - torch.tensor(MEAN))
+                          / torch.tensor(STD), atol=1e-6)
+    # up to SMALL_IMAGE a side (included): pad-and-crop, never a resized crop
+    names = [type(t).__name__ for t in train_transform(SMALL_IMAGE, Augment(crop_padding=4)).transforms]
+    assert "RandomCrop" in names and "RandomResizedCrop" not in names
+    tree(tmp_path, n=5)
+    loader = FolderLoader(folder._Subset(scan(tmp_path), range(10), eval_transform(8)), 4, shuffle=False,
+                          drop_last=False, device=CPU, seed=0, rank=0, world_size=1, num_workers=0)
+    loader.set_epoch(0)  # from the first batch by default
+    assert sum(len(y) for _, y in loader) == 10
