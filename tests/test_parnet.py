@@ -225,3 +225,16 @@ def test_intermediates_final_map_and_stop_early():
         ran.clear()
         model.forward_intermediates(x, indices=[head_level - 1], stop_early=True)  # the fused map: no head conv
         assert ran == [f"stream{i}" for i in range(model.num_streams)]
+
+
+def test_the_constructors_head_pooling_and_feature_levels():
+    assert create_model("parnet_tiny", num_classes=0, global_pool="").global_pool == ""  # the map, unpooled
+    assert isinstance(create_model("parnet_tiny", num_classes=0).fc, nn.Identity)
+    assert create_model("parnet_tiny", num_classes=1).fc.out_features == 1  # one class is still a linear head
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        create_model("parnet_tiny", global_pool="")
+    levels = {n: [(f["module"], f["reduction"]) for f in create_model("parnet_tiny", num_streams=n).feature_info]
+              for n in (1, 3, 4)}
+    assert levels[1] == [("streams.0", 1), ("head_conv", 1)]  # no fusion: the one stream is the fused level
+    assert levels[3] == [("streams.0", 1), ("streams.1", 2), ("fusions.1", 4), ("head_conv", 4)]
+    assert levels[4] == [("streams.0", 1), ("streams.1", 2), ("streams.2", 4), ("fusions.2", 8), ("head_conv", 8)]
