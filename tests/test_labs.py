@@ -255,11 +255,12 @@ def test_time_to_accuracy_tunes_on_validation_and_times_on_test(tiny_fashion, tm
 def test_time_verdicts_state_the_slower_model_with_its_interval_in_that_direction():
     from nondeep.experiments.time_to_accuracy import _time_verdict
 
-    a_faster = {"a": "resnet", "b": "parnet", "diff": -1.02, "low": -1.11, "high": -0.93, "decided": True}
+    a_faster = {"a": "resnet", "b": "parnet", "diff": -1.02, "low": -1.11, "high": -0.93, "decided": True,
+                "df": 3.9, "p_value": 0.001}
     assert _time_verdict(a_faster) == "parnet slower to target than resnet by 1.02 min (95% CI [+0.93, +1.11] min)"
-    a_slower = {"a": "resnet", "b": "parnet", "diff": 0.5, "low": 0.2, "high": 0.8, "decided": True}
+    a_slower = {**a_faster, "diff": 0.5, "low": 0.2, "high": 0.8}
     assert _time_verdict(a_slower) == "resnet slower to target than parnet by 0.50 min (95% CI [+0.20, +0.80] min)"
-    level = {"a": "resnet", "b": "parnet", "diff": -0.1, "low": -0.3, "high": 0.1, "decided": False}
+    level = {**a_faster, "diff": -0.1, "low": -0.3, "high": 0.1, "decided": False}
     assert _time_verdict(level) == ("resnet vs parnet: no detectable difference in time to target (-0.10 min, "
                                     "95% CI [-0.30, +0.10] min)")
     assert _time_verdict({**level, "low": None}) == "resnet vs parnet: one seed on a side, no verdict"

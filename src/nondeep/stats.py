@@ -68,6 +68,13 @@ class Difference:
         """The interval excludes zero."""
         return self.low is not None and (self.low > 0 or self.high < 0)
 
+    def larger_first(self) -> "Difference":
+        """The same difference stated as the larger side minus the smaller, with the interval of that difference."""
+        if self.diff > 0:
+            return self
+        low, high = (None, None) if self.low is None else (-self.high, -self.low)
+        return Difference(self.b, self.a, -self.diff, low, high, self.df, self.p_value)
+
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decided": self.decided, "verdict": verdict(self)}
 
@@ -97,9 +104,8 @@ def verdict(d: Difference, unit: str = "points", digits: int = 2) -> str:
     if d.low is None:
         return (f"{d.a} vs {d.b}: {d.diff:+.{digits}f} {unit} from one seed on a side; no interval, so no "
                 f"verdict (run more seeds)")
-    if d.decided:  # stated as the larger minus the smaller, with the interval of that difference
-        above, below, gap, low, high = ((d.a, d.b, d.diff, d.low, d.high) if d.diff > 0 else
-                                        (d.b, d.a, -d.diff, -d.high, -d.low))
-        return f"{above} above {below} by {gap:.{digits}f} {unit} (95% CI [{low:+.{digits}f}, {high:+.{digits}f}])"
+    if d.decided:
+        s = d.larger_first()
+        return f"{s.a} above {s.b} by {s.diff:.{digits}f} {unit} (95% CI [{s.low:+.{digits}f}, {s.high:+.{digits}f}])"
     interval = f"95% CI [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
     return f"{d.a} vs {d.b}: no detectable difference at this budget ({d.diff:+.{digits}f} {unit}, {interval})"

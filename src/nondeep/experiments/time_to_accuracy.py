@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..report import format_table, write_json, write_text
-from ..stats import estimate, welch
+from ..stats import Difference, estimate, welch
 from ._lab import Budget, Run, _history, describe_machine, lab_meta, train_run
 
 NAME = "time_to_accuracy"
@@ -90,11 +90,8 @@ def _time_verdict(c: dict[str, Any]) -> str:
     interval = f"95% CI [{c['low']:+.2f}, {c['high']:+.2f}] min"
     if not c["decided"]:
         return f"{c['a']} vs {c['b']}: no detectable difference in time to target ({c['diff']:+.2f} min, {interval})"
-    if c["diff"] > 0:
-        return f"{c['a']} slower to target than {c['b']} by {c['diff']:.2f} min ({interval})"
-    # said of b, so the interval is of b - a: it is then positive, as the sentence reads
-    return (f"{c['b']} slower to target than {c['a']} by {-c['diff']:.2f} min (95% CI [{-c['high']:+.2f}, "
-            f"{-c['low']:+.2f}] min)")
+    s = Difference(*(c[k] for k in ("a", "b", "diff", "low", "high", "df", "p_value"))).larger_first()
+    return f"{s.a} slower to target than {s.b} by {s.diff:.2f} min (95% CI [{s.low:+.2f}, {s.high:+.2f}] min)"
 
 
 def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
