@@ -1,0 +1,42 @@
+"""benchmarks/bench_train_throughput.py's arithmetic: speed-ups are paired by round and carry an interval, and
+the target verdict follows the intervals (met, not met, undecided), never a single median."""
+
+import pytest
+
+from conftest import load_benchmark
+
+script = load_benchmark("bench_train_throughput")
+
+
+def _rates(fast: list[float]) -> dict[str, list[float]]:
+    return {"bare loop": [100.0, 120.0, 110.0], "default": [100.0, 120.0, 110.0], "compile": fast}
+
+
+def test_speed_ups_are_the_mean_of_the_round_ratios_with_a_t_interval():
+    rows = {r["variant"]: r for r in script.speedup_rows(_rates([130.0, 162.0, 137.5]))}
+    compile_row = rows["compile"]
+    ratios = [1.3, 1.35, 1.25]
+    assert compile_row["vs_default"] == pytest.approx(sum(ratios) / 3, abs=1e-3)
+    # t(0.975, 2) = 4.3027, std of the ratios = 0.05: half width 0.1242
+    low, high = compile_row["vs_default_ci95"]
+    assert (low, high) == pytest.approx((1.3 - 0.1242, 1.3 + 0.1242), abs=1e-3)
+    assert compile_row["images_per_sec"] == 137.5 and (compile_row["min"], compile_row["max"]) == (130.0, 162.0)
+    assert rows["default"]["vs_default"] == 1.0 and rows["default"]["vs_default_ci95"] == [1.0, 1.0]
+
+
+def test_the_target_verdict_follows_the_intervals():
+    met = script.target_verdict(_rates([140.0, 170.0, 155.0]))
+    assert met.startswith("Fastest trainer variant: compile, 1.41x (95% CI [1.39, 1.43]) the default and 1.41x (95% CI [") and met.endswith(": met.")
+    below = script.target_verdict(_rates([110.0, 133.0, 121.0]))
+    assert below.endswith(": not met.")
+    straddling = script.target_verdict(_rates([130.0, 162.0, 137.5]))  # 1.30x, interval [1.18, 1.42]
+    assert straddling.endswith(": undecided: an interval holds its bound (run more rounds).")
+    one_round = script.target_verdict({k: v[:1] for k, v in _rates([140.0, 170.0, 155.0]).items()})
+    assert one_round.endswith("one round, no interval: run more rounds.")
+
+
+def test_a_variant_fast_against_the_default_but_slow_against_the_bare_loop_does_not_meet_the_target():
+    rates = {"bare loop": [200.0, 210.0, 205.0], "default": [100.0, 105.0, 102.0], "compile": [140.0, 147.0, 143.0]}
+    assert script.target_verdict(rates).endswith(": not met.")
+    assert script.target_verdict({"bare loop": [1.0, 2.0], "compile": [1.0, 2.0]}) == (
+        "No default variant in this run: no speed-up to state.")
