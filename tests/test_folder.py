@@ -266,3 +266,38 @@ def test_workers_ignore_ctrl_c_and_the_defaults_of_the_transform_and_the_epoch(t
                           drop_last=False, device=CPU, seed=0, rank=0, world_size=1, num_workers=0)
     loader.set_epoch(0)  # from the first batch by default
     assert sum(len(y) for _, y in loader) == 10
+
+
+def test_the_listed_training_order_is_pinned(tmp_path):
+    """The fixed shuffled listing of train (max_train_samples keeps its head, a resumed run relies on it) is
+    part of the format: these are today's positions for a 2 x 10 tree, with 10% held out."""
+    tree(tmp_path, n=10)
+    train, held, *_ = loaders(tmp_path)
+    listed = [(Path(path).parent.name, int(Path(path).stem)) for path, _ in train.dataset.samples]
+    assert listed == [("ant", 2), ("ant", 7), ("ant", 8), ("bee", 5), ("bee", 0), ("bee", 3), ("ant", 4),
+                      ("ant", 3), ("bee", 1), ("bee", 6), ("bee", 7), ("bee", 8), ("ant", 6), ("ant", 1),
+                      ("ant", 9), ("bee", 2), ("bee", 4), ("ant", 0)]
+    assert [(Path(path).parent.name, int(Path(path).stem)) for path, _ in held.dataset.samples] == [
+        ("ant", 5), ("bee", 9)]
+
+
+def test_a_train_folder_without_val_holds_out_a_slice_of_train(tmp_path):
+    tree(tmp_path / "train", n=5)
+    train, held, classes, *_ = loaders(tmp_path)
+    assert classes == ["ant", "bee"] and (len(train.dataset), len(held.dataset)) == (9, 1)
+    assert all(Path(path).parent.parent == tmp_path / "train" for path, _ in held.dataset.samples)
+
+
+def test_the_train_loader_is_shuffled_by_seed_and_epoch_and_the_eval_loader_is_not(tmp_path):
+    tree(tmp_path / "train", n=6)
+    tree(tmp_path / "val", n=3)
+    train, evaluate, *_ = loaders(tmp_path, seed=3)
+    labels = [label for _, label in train.dataset.samples]
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        order = epoch_indices(12, seed=3, epoch=epoch, shuffle=True, rank=0, world_size=1).tolist()
+        assert list(train.sampler) == order
+        assert sum((y.tolist() for _, y in train), []) == [labels[i] for i in order]
+    assert order != list(range(12))
+    assert list(evaluate.sampler) == list(range(6))
+    assert sum((y.tolist() for _, y in evaluate), []) == [0, 0, 0, 1, 1, 1]
