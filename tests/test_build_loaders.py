@@ -242,3 +242,48 @@ def test_a_trees_loaders_are_found_under_data_dir_with_their_defaults(tmp_path):
     assert image.shape == (3, 224, 224)  # a tree's test split is read at 224 x 224, 3 channels, by default
     small = build_test_loader(str(tmp_path / "tree"), batch_size=3, image_size=16, in_chans=1, num_workers=0)
     assert small.batch_size == 3 and small.loader.num_workers == 0 and small.dataset[0][0].shape == (1, 16, 16)
+
+
+def test_a_trees_info_names_it_and_describes_its_images_and_fit_batches_reaches_it(tmp_path, monkeypatch):
+    from conftest import make_image_tree
+    from nondeep.data.folder import GREY_MEAN, GREY_STD
+    for split in ("train", "val"):
+        make_image_tree(tmp_path / "leaves" / split, classes=("ash", "elm", "oak"), n=2, size=(12, 12), mode="L")
+    asked = []
+    train, evaluate, info = build_loaders(str(tmp_path / "leaves"), num_workers=0,
+                                          fit_batches=lambda *a: asked.append(a) or (4, 3))
+    assert asked == [(3, 1, (12, 12))] and (train.batch_size, evaluate.batch_size) == (4, 3)
+    assert info == DataInfo("leaves", 3, 1, (12, 12), GREY_MEAN, GREY_STD, ["ash", "elm", "oak"], 6, 6,
+                            path=str((tmp_path / "leaves").resolve()))
+    monkeypatch.chdir(tmp_path / "leaves")  # a tree given as "." is named as given
+    assert build_loaders(".", num_workers=0)[2].name == "."
+
+
+def test_build_loaders_refuses_a_split_that_holds_out_no_image(fmnist):
+    with pytest.raises(DatasetError) as err:
+        build_loaders("fashion-mnist", data_dir=str(fmnist), batch_size=10, val_split=0.001)
+    assert str(err.value) == ("val_split 0.001 holds out no image of 100: raise --val-split, or pass --val-split 0 "
+                              "to train on all images and select nothing")
+
+
+def test_the_test_split_served_for_evaluation_is_read_at_the_asked_size(fmnist):
+    _, evaluate, _ = build_loaders("fashion-mnist", data_dir=str(fmnist), batch_size=10, image_size=14)
+    assert evaluate.images.shape == (30, 1, 14, 14)
+    test_images = load_arrays("fashion-mnist", "test", fmnist)[0]
+    assert torch.equal(evaluate.images, resize_images(test_images, 14))
+
+
+def test_the_train_loader_is_this_ranks_shard(fmnist):
+    from nondeep.data.sampling import epoch_indices
+    train = build_loaders("fashion-mnist", data_dir=str(fmnist), batch_size=10, augment=Augment.off(), seed=4,
+                          rank=1, world_size=3)[0]
+    assert (train.rank, train.world_size, len(train)) == (1, 3, 3)  # 33 a rank
+    train.set_epoch(2)
+    labels = load_arrays("fashion-mnist", "train", fmnist)[1]
+    order = epoch_indices(100, seed=4, epoch=2, shuffle=True, rank=1, world_size=3)
+    assert torch.equal(torch.cat([y for _, y in train]), labels[order][:30])
+
+
+def test_the_info_names_no_path_when_the_data_was_found_by_the_search_order(fmnist, monkeypatch):
+    monkeypatch.setenv("NONDEEP_DATA", str(fmnist))
+    assert build_loaders("fashion-mnist", batch_size=10)[2].path is None
