@@ -124,9 +124,25 @@ def test_ema_follows_its_formula_and_is_what_evaluation_uses(tiny_fashion, tmp_p
         return real_update(self, model)
 
     monkeypatch.setattr(loop.ModelEMA, "update_parameters", record)
+    emas, evaluated = [], []
+    real_init, real_evaluate = loop.ModelEMA.__init__, loop.evaluate
+
+    def init(self, *args):
+        emas.append(self)
+        real_init(self, *args)
+
+    def evaluate(model, *args, **kwargs):
+        evaluated.append(model)
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop.ModelEMA, "__init__", init)
+    monkeypatch.setattr(loop, "evaluate", evaluate)
     out = tmp_path / "run"
     train(_cfg(tiny_fashion, out, epochs=2, ema_decay=0.8))  # 2 steps an epoch
     assert len(seen) == 4  # one update per optimizer step
+    # every evaluation (2 epochs, then the final test and its fused copy) is of the EMA model
+    assert len(emas) == 1 and len(evaluated) == 4 and evaluated[:3] == [emas[0].module] * 3
+    assert evaluated[3] is not emas[0].module
     expected = dict(seen[0])  # the first update copies the weights
     for params in seen[1:]:
         expected = {k: 0.8 * expected[k] + 0.2 * params[k] for k in params}
