@@ -301,3 +301,25 @@ def test_the_train_loader_is_shuffled_by_seed_and_epoch_and_the_eval_loader_is_n
     assert order != list(range(12))
     assert list(evaluate.sampler) == list(range(6))
     assert sum((y.tolist() for _, y in evaluate), []) == [0, 0, 0, 1, 1, 1]
+
+
+def test_the_data_loader_pins_memory_for_a_gpu_keeps_workers_and_their_ctrl_c_off(tmp_path):
+    tree(tmp_path, n=5)
+    dataset = folder._Subset(scan(tmp_path), range(10), eval_transform(8))
+
+    def built(device, workers, world_size=1):
+        return FolderLoader(dataset, 4, shuffle=True, drop_last=False, device=torch.device(device), seed=0, rank=0,
+                            world_size=world_size, num_workers=workers)
+    assert built("cpu", 0).loader.pin_memory is False and built("cuda", 0).loader.pin_memory is True
+    one_worker = built("cpu", 1).loader
+    assert one_worker.persistent_workers is True and one_worker.worker_init_fn is folder._ignore_ctrl_c
+    assert built("cpu", 0).loader.persistent_workers is False
+    assert built("cpu", 0, world_size=2).num_samples == 5 and built("cpu", 0).num_samples == 10
+
+
+def test_a_loader_iterated_before_set_epoch_serves_epoch_0(tmp_path):
+    tree(tmp_path, n=5)
+    dataset = folder._Subset(scan(tmp_path), range(10), eval_transform(8))
+    loader = FolderLoader(dataset, 4, shuffle=True, drop_last=False, device=CPU, seed=2, rank=0, world_size=1,
+                          num_workers=0)
+    assert list(loader.sampler) == epoch_indices(10, seed=2, epoch=0, shuffle=True, rank=0, world_size=1).tolist()

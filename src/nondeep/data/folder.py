@@ -78,7 +78,7 @@ def scan(root: Path) -> datasets.ImageFolder:
     from torchvision import datasets
 
     try:
-        folder = datasets.ImageFolder(str(root), loader=load_image)
+        folder = datasets.ImageFolder(str(root))  # for its classes and samples: _Subset loads the images
     except (FileNotFoundError, ValueError) as err:  # no class folders, or a class folder without images
         raise DatasetError(f"{root} is not a usable image tree ({err}); expected {root}/<class>/<image> "
                            "with two or more class folders holding images") from None
