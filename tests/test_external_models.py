@@ -143,3 +143,45 @@ def test_torchvision_config_reads_the_weights_transforms_or_falls_back(monkeypat
         raise ValueError(f"no weights for {name}")
     monkeypatch.setattr(tvm, "get_model_weights", no_weights)
     assert _torchvision_cfg("anynet") == default_cfg()
+
+
+def test_torchvision_builder_passes_weights_checks_channels_and_names_the_classifier(monkeypatch):
+    """What nondeep adds around torchvision.models.get_model: weights only when pretrained (nothing is downloaded
+    here: get_model is recorded), 3 channels or none said, its own errors, and the config of that model."""
+    import torchvision.models as tvm
+
+    calls = []
+
+    def get_model(name, weights=None, **kwargs):
+        calls.append((name, weights))
+        if "depth" in kwargs:
+            raise TypeError("unexpected keyword argument 'depth'")
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, kwargs.get("num_classes", 1000)))
+    monkeypatch.setattr(tvm, "get_model", get_model)
+    plain = create_model("torchvision:inception_v3")
+    create_model("torchvision:inception_v3", pretrained=True, in_chans=3)
+    assert calls == [("inception_v3", None), ("inception_v3", "DEFAULT")]
+    cfg = plain.pretrained_cfg
+    assert (cfg["input_size"], cfg["first_conv"], cfg["classifier"], cfg["num_classes"]) == (
+        (3, 299, 299), "0", "2", 1000)  # the weights' crop of the name asked for, this model's modules
+    assert create_model("torchvision:resnet18", num_classes=7).pretrained_cfg["num_classes"] == 7
+    with pytest.raises(NondeepError) as err:
+        create_model("torchvision:resnet18", in_chans=4)
+    assert str(err.value) == ("torchvision:resnet18 takes 3-channel images only (got in_chans=4); use a nondeep or "
+                              "timm: model for other channel counts")
+    with pytest.raises(NondeepError) as err:
+        create_model("torchvision:resnet18", depth=3)
+    assert str(err.value) == ("torchvision:resnet18 does not take ['depth']: unexpected keyword argument 'depth'")
+
+
+def test_torchvision_config_rounds_the_crop_to_4_digits_and_keeps_a_plain_interpolation_name(monkeypatch):
+    import functools
+
+    import torchvision.models as tvm
+
+    from nondeep.models._registry import _torchvision_cfg
+
+    assert nondeep.get_default_cfg("torchvision:resnet50")["crop_pct"] == 0.9655  # V2 weights: 224 of 232
+    monkeypatch.setattr(tvm, "get_model_weights", lambda name: types.SimpleNamespace(DEFAULT=types.SimpleNamespace(
+        transforms=functools.partial(print, crop_size=224, interpolation="nearest"))))
+    assert _torchvision_cfg("anynet")["interpolation"] == "nearest"

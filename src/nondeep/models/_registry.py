@@ -141,8 +141,7 @@ def _build_torchvision(name: str, pretrained: bool = False, in_chans: int | None
     except TypeError as err:
         raise NondeepError(f"torchvision:{name} does not take {sorted(kwargs)}: {err}") from err
     cfg = _torchvision_cfg(name, model)
-    cfg["first_conv"], cfg["classifier"] = _first_and_last(model)
-    cfg["num_classes"] = kwargs.get("num_classes", 1000)
+    cfg["classifier"] = _first_and_last(model)[1]  # create_model fills first_conv and num_classes
     model.pretrained_cfg = cfg
     return model
 
