@@ -185,3 +185,47 @@ def test_torchvision_config_rounds_the_crop_to_4_digits_and_keeps_a_plain_interp
     monkeypatch.setattr(tvm, "get_model_weights", lambda name: types.SimpleNamespace(DEFAULT=types.SimpleNamespace(
         transforms=functools.partial(print, crop_size=224, interpolation="nearest"))))
     assert _torchvision_cfg("anynet")["interpolation"] == "nearest"
+
+
+def _fake_timm(monkeypatch, names, calls):
+    def fake_create_model(name, pretrained=False, **kwargs):
+        calls.append((name, kwargs))
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5))
+    fake = types.SimpleNamespace(create_model=fake_create_model, is_model=lambda n: n in names,
+                                 list_models=lambda: list(names))
+    monkeypatch.setitem(sys.modules, "timm", fake)
+
+
+@pytest.mark.parametrize("prefix, lister", [("torchvision", "torchvision.models.list_models()"),
+                                            ("timm", "timm.list_models()")])
+def test_an_unknown_external_name_suggests_up_to_3_names_half_alike(monkeypatch, prefix, lister):
+    import torchvision.models as tvm
+    names = ["netaa", "netab", "netac", "netad", "abcdefgh"]
+    monkeypatch.setattr(tvm, "list_models", lambda: list(names))
+    _fake_timm(monkeypatch, names, [])
+    # three of the four equally close names, in difflib's order
+    for asked, hint in [("neta", f"; did you mean {prefix}:netad, {prefix}:netac, {prefix}:netab?"),
+                        ("abcdwxyz", f"; did you mean {prefix}:abcdefgh?"),  # exactly half alike
+                        ("zzzzzzzz", "")]:
+        with pytest.raises(UnknownModelError) as err:
+            create_model(f"{prefix}:{asked}")
+        assert str(err.value) == f"unknown {prefix} model {asked!r}{hint} ({lister} lists them)"
+
+
+def test_timm_gets_the_name_after_the_first_colon_and_no_out_indices_unless_asked(monkeypatch):
+    calls = []
+    _fake_timm(monkeypatch, ["hf-hub:org/net", "net"], calls)
+    create_model("timm:hf-hub:org/net")
+    create_model("timm:net", features_only=True)
+    assert calls == [("hf-hub:org/net", {}), ("net", {"features_only": True})]
+
+
+def test_external_errors_are_whole_sentences(monkeypatch):
+    with pytest.raises(NondeepError) as err:
+        create_model("torchvision:resnet18", features_only=True)
+    assert str(err.value) == ("features_only is not available for torchvision:resnet18: use "
+                              "torchvision.models.feature_extraction.create_feature_extractor on it")
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(NondeepError) as err:
+        create_model("timm:resnet50")
+    assert str(err.value) == "timm:resnet50 needs timm, which is not installed: pip install timm"
