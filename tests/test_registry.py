@@ -164,3 +164,13 @@ def test_features_only_wraps_the_model_with_its_config():
     assert type(features).__name__ == "FeatureExtractor" and features.out_indices == (1,)
     cfg = features.pretrained_cfg
     assert cfg["input_size"] == (1, 32, 32) and cfg["architecture"] == "wrn_16_1"
+
+
+def test_an_unknown_name_suggests_up_to_3_registered_names_half_alike(monkeypatch):
+    monkeypatch.setattr(_registry, "list_models", lambda: ["netaa", "netab", "netac", "netad", "abcdefgh"])
+    # three of the four equally close names, in difflib's order; "abcdwxyz" is exactly half alike
+    for asked, hint in [("neta", "; did you mean netad, netac, netab?"), ("abcdwxyz", "; did you mean abcdefgh?"),
+                        ("zzzzzzzz", "")]:
+        with pytest.raises(UnknownModelError) as err:
+            create_model(asked)
+        assert str(err.value) == f"unknown model {asked!r}{hint} (`nondeep models` lists them all)"
