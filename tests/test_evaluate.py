@@ -213,6 +213,8 @@ def test_an_image_folder_is_read_at_the_checkpoints_side_and_channels(tmp_path):
                  "num_classes": 2}})
     result = evaluate_checkpoint(tmp_path / "c.safetensors")  # colour 16x16 images, read grey at 12x12
     assert result["data"] == "tree" and 0 <= result["eval_top1"] <= 100
+    named = evaluate_checkpoint(tmp_path / "c.safetensors", data="tree", data_dir=str(tmp_path))  # under data_dir
+    assert named["data"] == "tree" and named["eval_top1"] == result["eval_top1"]
 
 
 def test_the_evaluation_batch_is_fitted_to_the_images_the_model_was_trained_on(tiny_fashion, tmp_path, monkeypatch):
@@ -247,3 +249,60 @@ def test_a_checkpoint_that_records_no_image_is_probed_at_its_models_own_size(tin
     monkeypatch.setattr(preflight, "activation_bytes", lambda m, image: asked.append(image) or real(m, image))
     assert evaluate_checkpoint(tmp_path / "c.safetensors")["data"] == "fashion-mnist"
     assert asked == [(1, 28, 28)]
+
+
+def _loaded_as(monkeypatch, change):
+    """evaluate_checkpoint's load_model, with `change(model, meta)` applied to what it loads (it may return a
+    model to use instead)."""
+    import sys
+
+    evaluate_module = sys.modules["nondeep.train.evaluate"]
+    real = evaluate_module.load_model
+
+    def load(*args, **kwargs):
+        model, meta = real(*args, **kwargs)
+        return change(model, meta) or model, meta
+    monkeypatch.setattr(evaluate_module, "load_model", load)
+
+
+def test_the_probe_takes_the_recorded_image_over_the_models_own_size(tiny_fashion, tmp_path, monkeypatch):
+    from nondeep.train import preflight
+
+    _checkpoint(tmp_path / "c.safetensors", tiny_fashion, image_size=(32, 32))
+    _loaded_as(monkeypatch, lambda model, meta: model.pretrained_cfg.update(input_size=(3, 64, 64)))
+    asked = []
+    monkeypatch.setattr(preflight, "activation_bytes", lambda model, image: asked.append(image) or (0, 1000))
+    evaluate_checkpoint(tmp_path / "c.safetensors")
+    assert asked == [(1, 32, 32)]
+
+
+def test_a_model_without_a_config_or_a_recorded_image_is_probed_at_imagenets_size(tiny_fashion, tmp_path,
+                                                                                    monkeypatch):
+    from nondeep.train import preflight
+
+    def strip(model, meta):
+        del model.pretrained_cfg
+        meta["data"] = {"name": "fashion-mnist", "path": str(tiny_fashion)}
+    _checkpoint(tmp_path / "c.safetensors", tiny_fashion)
+    _loaded_as(monkeypatch, strip)
+    asked = []
+    monkeypatch.setattr(preflight, "activation_bytes", lambda model, image: asked.append(image) or (0, 1000))
+    evaluate_checkpoint(tmp_path / "c.safetensors")
+    assert asked == [(3, 224, 224)]
+
+
+class _NoChannelCount(nn.Module):
+    """A model that names no `in_chans` (as a torchvision: model)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.num_classes = inner, inner.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def test_a_model_that_names_no_channel_count_is_not_refused(tiny_fashion, tmp_path, monkeypatch):
+    _checkpoint(tmp_path / "c.safetensors", tiny_fashion)
+    _loaded_as(monkeypatch, lambda model, meta: _NoChannelCount(model))
+    assert 0 <= evaluate_checkpoint(tmp_path / "c.safetensors")["eval_top1"] <= 100
