@@ -94,6 +94,15 @@ def test_input_errors_name_the_expected_value():
         model(torch.randn(2, 1, 32, 32))
     with pytest.raises(InputShapeError, match="multiples of 4"):
         model(torch.randn(2, 3, 30, 30))
+    for forward in (model.forward_features, model.forward_intermediates):  # each checks, naming the model
+        with pytest.raises(InputShapeError) as err:
+            forward(torch.randn(2, 1, 32, 32))
+        assert str(err.value) == ("wrn_16_1 expects 3 input channel(s), got 1: build it with in_chans=1 or convert "
+                                  "the images")
+        with pytest.raises(InputShapeError) as err:
+            forward(torch.randn(2, 3, 30, 30))
+        assert str(err.value) == ("wrn_16_1 expects height and width that are multiples of 4 (e.g. 28), got 30x30: "
+                                  "resize or pad the input")
 
 
 def test_bad_arguments():
@@ -167,6 +176,7 @@ def test_pruning_keeps_what_the_levels_need():
         assert all(isinstance(getattr(model, name), nn.Identity) for name in gone)
         kept = {"layer1", "layer2", "layer3", "bn", "act"} - set(gone)
         assert not any(isinstance(getattr(model, name), nn.Identity) for name in kept - {"act"})
+    assert create_model("wrn_16_1").prune_intermediate_layers([0, 2], prune_head=False) == [0, 2]  # head kept
     with pytest.raises(ValueError) as err:
         create_model("wrn_16_1").prune_intermediate_layers([1], prune_head=False)
     assert str(err.value) == ("prune_head=False keeps the classifier, which needs the last group: include level 2 "
@@ -186,3 +196,14 @@ def test_preact_resnets_pass_their_keyword_arguments_on(name):
     model = _meta(name, num_classes=3, in_chans=1, drop_rate=0.3)
     assert (model.num_classes, model.in_chans, model.fc.out_features) == (3, 1, 3)
     assert model.conv1.in_channels == 1 and any(isinstance(m, nn.Dropout) for m in model.modules())
+
+
+def test_the_constructors_head_and_pooling():
+    unpooled = create_model("wrn_16_1", num_classes=0, global_pool="")
+    assert unpooled.global_pool == "" and isinstance(unpooled.fc, nn.Identity)
+    assert unpooled(torch.randn(1, 3, 16, 16)).shape == (1, 64, 4, 4)  # the map itself
+    assert isinstance(create_model("wrn_16_1", num_classes=0).fc, nn.Identity)
+    one = create_model("wrn_16_1", num_classes=1)
+    assert isinstance(one.fc, nn.Linear) and one.fc.out_features == 1 and one.global_pool == "avg"
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        create_model("wrn_16_1", num_classes=10, global_pool="")
