@@ -26,7 +26,8 @@ def test_speed_ups_are_the_mean_of_the_round_ratios_with_a_t_interval():
 
 def test_the_target_verdict_follows_the_intervals():
     met = script.target_verdict(_rates([140.0, 170.0, 155.0]))
-    assert met.startswith("Fastest trainer variant: compile, 1.41x (95% CI [1.39, 1.43]) the default and 1.41x (95% CI [") and met.endswith(": met.")
+    assert met.startswith("Fastest trainer variant: compile, 1.41x (95% CI [1.39, 1.43]) the default and 1.41x "
+                          "(95% CI [") and met.endswith(": met.")
     below = script.target_verdict(_rates([110.0, 133.0, 121.0]))
     assert below.endswith(": not met.")
     straddling = script.target_verdict(_rates([130.0, 162.0, 137.5]))  # 1.30x, interval [1.18, 1.42]
