@@ -11,7 +11,7 @@ import threading
 import pytest
 import torch
 
-from nondeep import NondeepError
+from nondeep import NondeepError, plots
 from nondeep.checkpoint import load_model, read_checkpoint
 from nondeep.train import TrainConfig, loop, train
 from nondeep.train.optim import lr_at
@@ -116,7 +116,8 @@ def test_metrics_csv_has_the_columns_in_order_and_drops_other_keys(tmp_path):
 @pytest.fixture(scope="module")
 def saves(tiny_fashion, tmp_path_factory):
     """A 2-epoch run (384 training images at batch 64: 6 steps an epoch) with a checkpoint every 4 steps,
-    recording every checkpoint it saves; returns (summary, [(file name, meta)], config)."""
+    recording every checkpoint it saves and the curves it plots; returns (summary, [(file name, meta)], config,
+    [plot keyword arguments])."""
     out = tmp_path_factory.mktemp("loop") / "run"
     cfg = _cfg(tiny_fashion, out, checkpoint_every_steps=4)
     recorded = []
@@ -126,14 +127,22 @@ def saves(tiny_fashion, tmp_path_factory):
         recorded.append((path.name, meta))
         return real_save(path, model, meta, *args, **kwargs)
 
+    plotted = []
+    real_plot = plots.plot_training_curves
+
+    def plot(history, path, **kwargs):
+        plotted.append(kwargs)
+        return real_plot(history, path, **kwargs)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "save_checkpoint", spy)
+        mp.setattr(plots, "plot_training_curves", plot)
         summary = train(cfg, run_meta={"purpose": "test"})
-    return summary, recorded, cfg
+    return summary, recorded, cfg, plotted
 
 
 def test_checkpoints_every_n_steps_inside_an_epoch_and_at_each_epochs_end(saves):
-    _, recorded, _ = saves
+    _, recorded, _, _ = saves
     val = [row["eval_top1"] for row in recorded[-1][1]["history"]]
     # steps 4 and 8 fall inside epochs (batch 4 of 6, batch 2 of 6); step 12 ends epoch 2, saved as its end;
     # best is saved when an epoch's validation accuracy beats every earlier one
@@ -149,7 +158,7 @@ def test_checkpoints_every_n_steps_inside_an_epoch_and_at_each_epochs_end(saves)
 
 
 def test_checkpoint_meta_records_the_run(saves):
-    summary, recorded, cfg = saves
+    summary, recorded, cfg, _ = saves
     name, meta = recorded[-1]
     assert meta["model"] == "mimic_snn_1k" and meta["config"] == cfg.to_dict()
     assert meta["data"]["name"] == "fashion-mnist" and meta["data"]["num_train"] == 384
@@ -162,7 +171,7 @@ def test_checkpoint_meta_records_the_run(saves):
 
 
 def test_summary_names_every_figure_of_the_run(saves):
-    summary, recorded, cfg = saves
+    summary, recorded, cfg, plotted = saves
     history = recorded[-1][1]["history"]
     assert summary["epochs"] == 2 and summary["epochs_planned"] == 2 and summary["steps"] == 12
     assert summary["train_images"] == 384 and summary["eval_split"] == "val"
@@ -181,10 +190,11 @@ def test_summary_names_every_figure_of_the_run(saves):
     assert summary["date"] == dt.date.today().isoformat() and summary["purpose"] == "test"
     assert summary["out"] == cfg.out and summary["checkpoint"] == f"{cfg.out}/last.safetensors"
     assert summary["train_seconds"] >= sum(row["epoch_seconds"] for row in history) > 0
+    assert plotted == [{"title": "mimic_snn_1k on fashion-mnist", "eval_label": "val"}]  # the curves name the split
 
 
 def test_each_epochs_row_is_its_own_figures(saves):
-    _, recorded, cfg = saves
+    _, recorded, cfg, _ = saves
     history = recorded[-1][1]["history"]
     for row in history:
         last_step = 6 * row["epoch"] - 1  # the lr of an epoch's row is its last step's
