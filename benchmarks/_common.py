@@ -24,5 +24,9 @@ def machine() -> dict[str, str | int]:
 
 
 def header(title: str, meta: dict) -> str:
+    """The report's provenance lines; meta's optional `rendered` says when a report was written again from its
+    JSON by a later version of the script (the figures are the command's, the layout is not)."""
+    rendered = f"- rendered: {meta['rendered']}\n" if meta.get("rendered") else ""
     return (f"# {title}\n\n- command: `{meta['command']}`\n- machine: {meta['cpu']}, {meta['cores']} cores, "
-            f"GPU: {meta['gpu']}\n- torch {meta['torch']}, Python {meta['python']}, date {meta['date']}\n\n")
+            f"GPU: {meta['gpu']}\n- torch {meta['torch']}, Python {meta['python']}, date {meta['date']}\n"
+            f"{rendered}\n")

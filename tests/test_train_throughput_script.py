@@ -41,3 +41,14 @@ def test_a_variant_fast_against_the_default_but_slow_against_the_bare_loop_does_
     assert script.target_verdict(rates).endswith(": not met.")
     assert script.target_verdict({"bare loop": [1.0, 2.0], "compile": [1.0, 2.0]}) == (
         "No default variant in this run: no speed-up to state.")
+
+
+def test_the_report_names_its_command_and_a_later_rendering(tmp_path):
+    meta = {"cpu": "cpu", "cores": 2, "gpu": "none", "torch": "t", "python": "p", "date": "d", "command": "cmd",
+            "device": "cpu", "threads": 2, "model": "m", "batch_size": 4, "samples": 8, "epochs": 2, "rounds": 3,
+            "gpu_name": None}
+    script.write_report(_rates([140.0, 170.0, 155.0]), meta, tmp_path)
+    assert "- command: `cmd`\n" in (tmp_path / "train_throughput.md").read_text()
+    assert "- rendered:" not in (tmp_path / "train_throughput.md").read_text()
+    script.write_report(_rates([140.0, 170.0, 155.0]), {**meta, "rendered": "later, from the JSON"}, tmp_path)
+    assert "- rendered: later, from the JSON\n" in (tmp_path / "train_throughput.md").read_text()
