@@ -4,6 +4,12 @@
 #
 #   scripts/mutation.sh                    # every module below, one after the other
 #   scripts/mutation.sh train/optim.py     # one module
+#   SAMPLE=150 scripts/mutation.sh train/loop.py   # a seeded random sample of its mutants (SEED, CHUNK, CHILDREN)
+#
+# A sample is a prefix of a seeded random order of the module's mutants, run in chunks of CHUNK in that order, so
+# a run stopped between chunks has still decided a random sample. Where its mutants are decided, the summary
+# gives the fraction killed with its exact (Clopper-Pearson) 95% interval; survivors count as not killed there
+# until they are judged equivalent by hand.
 #
 # Each module is mutated in its own copy of the committed tree under ${MUTATION_DIR:-/tmp/nondeep-mutation}
 # (mutmut rewrites files), and the summary lines go to <copy>/summary.txt; `mutmut results` and
@@ -13,6 +19,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 MUTMUT="$(dirname "$PYTHON")/mutmut"
 WORK="${MUTATION_DIR:-/tmp/nondeep-mutation}"
+SAMPLE="${SAMPLE:-}" SEED="${SEED:-20261129}" CHUNK="${CHUNK:-25}" CHILDREN="${CHILDREN:-1}"
 
 # the feature-map tests, without the detectors' training steps (minutes a mutant, and they test torchvision's heads)
 FEATURE_TESTS="tests/test_features_detection.py::test_feature_shapes_channels_and_strides
@@ -85,7 +92,23 @@ for module in "${MODULES[@]}"; do
   } > "$copy/setup.cfg"
   echo "== $module against: $tests"
   start=$(date +%s)
-  (cd "$copy" && OMP_NUM_THREADS=1 "$MUTMUT" run --max-children 1 > run.log 2>&1) || true
+  if [ -z "$SAMPLE" ]; then
+    (cd "$copy" && OMP_NUM_THREADS=1 "$MUTMUT" run --max-children "$CHILDREN" > run.log 2>&1) || true
+  else
+    # mutmut generates every mutant and maps the tests before it finds that no name matches: the list is then there
+    (cd "$copy" && OMP_NUM_THREADS=1 "$MUTMUT" run no-such-mutant > run.log 2>&1) || true
+    "$PYTHON" - "$copy/mutants/src/nondeep/$module.meta" "$SEED" "$SAMPLE" > "$copy/sample.txt" <<'PY'
+import json, random, sys
+names = sorted(json.load(open(sys.argv[1]))["exit_code_by_key"])
+print("\n".join(random.Random(int(sys.argv[2])).sample(names, min(int(sys.argv[3]), len(names)))))
+PY
+    echo "sample: $(wc -l < "$copy/sample.txt") mutants, seed $SEED, chunks of $CHUNK"
+    split -l "$CHUNK" -d -a 3 "$copy/sample.txt" "$copy/chunk."
+    for chunk in "$copy"/chunk.*; do
+      (cd "$copy" && OMP_NUM_THREADS=1 "$MUTMUT" run --max-children "$CHILDREN" $(cat "$chunk") >> run.log 2>&1) || true
+      echo "$(date +%H:%M) done $(basename "$chunk")"
+    done
+  fi
   (cd "$copy" && "$MUTMUT" results --all true > results.txt 2>&1) || true
   {
     echo "module: src/nondeep/$module"
@@ -95,5 +118,18 @@ for module in "${MODULES[@]}"; do
     for status in killed survived "no tests" timeout suspicious segfault skipped; do
       echo "$status: $(grep -c ": $status\$" "$copy/results.txt" || true)"
     done
+    if [ -n "$SAMPLE" ]; then
+      echo "sample: $(wc -l < "$copy/sample.txt") of $(grep -c '' "$copy/results.txt"), seed $SEED"
+      "$PYTHON" - "$copy/results.txt" "$copy/sample.txt" <<'PY'
+import sys
+from scipy.stats import binomtest
+status = dict(line.strip().rsplit(": ", 1) for line in open(sys.argv[1]) if ": " in line)
+decided = [status[n] for n in open(sys.argv[2]).read().split() if status.get(n) not in (None, "not checked")]
+killed = sum(s in ("killed", "timeout", "segfault") for s in decided)
+if decided:
+    low, high = binomtest(killed, len(decided)).proportion_ci(0.95, method="exact")
+    print(f"sample decided: {len(decided)}, killed {killed} ({killed / len(decided):.1%}, 95% CI [{low:.1%}, {high:.1%}])")
+PY
+    fi
   } | tee "$copy/summary.txt"
 done
