@@ -5,6 +5,7 @@ datasets' constants."""
 from __future__ import annotations
 
 import pickle
+import pickletools
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,32 @@ def test_arrays_bytes_and_str_keys_load_at_every_protocol(tmp_path, protocol):
     assert loaded["empty"] == b"" and loaded["none"].shape == (0, 4)
     assert loaded["data"].tolist() == [[0, 1, 2], [3, 4, 5]] and loaded["name"] == b"\x00\xff"
     assert loaded["x"] == 2.5 and loaded["labels"] == [1, 2]
+
+
+def python2_pickle(obj: dict) -> bytes:
+    """obj pickled as Python 2's cPickle writes the real CIFAR files: byte strings as str (BINSTRING opcodes).
+
+    Protocol 3 writes bytes as BINBYTES, whose layout is BINSTRING's (a length, then the raw bytes), so changing
+    each such opcode byte (and the protocol) gives the Python 2 form without touching a payload byte."""
+    raw = bytearray(pickle.dumps(obj, protocol=3))
+    as_str = {"SHORT_BINBYTES": b"U", "BINBYTES": b"T"}
+    for op, _, pos in pickletools.genops(bytes(raw)):
+        if op.name == "PROTO":
+            raw[pos + 1] = 2
+        elif op.name in as_str:
+            raw[pos:pos + 1] = as_str[op.name]
+    assert "BINSTRING" in {op.name for op, _, _ in pickletools.genops(bytes(raw))}
+    return bytes(raw)
+
+
+def test_a_python2_pickle_with_non_ascii_byte_strings_loads(tmp_path):
+    # Python 3 reads Python 2 str as ASCII unless told otherwise: the pixel bytes (>= 128) must come back as bytes
+    obj = batch(4, batch_label=b"training batch 1 of 5 \xe9")
+    (tmp_path / "p").write_bytes(python2_pickle(obj))
+    loaded = cifar.load_pickle(tmp_path / "p", {"data", "labels"})
+    assert set(loaded) == {"data", "labels", "batch_label"} and loaded["batch_label"] == b"training batch 1 of 5 \xe9"
+    assert loaded["data"].max() >= 128 and np.array_equal(loaded["data"], obj[b"data"])
+    assert loaded["labels"] == [0, 1, 2, 3]
 
 
 class _Runs:
