@@ -111,6 +111,43 @@ def test_metrics_csv_has_the_columns_in_order_and_drops_other_keys(tmp_path):
     assert [float(v) for v in read[1]] == [i + 0.5 for i in range(len(loop.METRIC_COLUMNS))]
 
 
+# --- the progress bar ------------------------------------------------------------------------------------
+
+class _Bar:
+    """Records what the trainer asks of tqdm."""
+    made: list["_Bar"] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.steps, self.postfix, self.closed = kwargs, 0, None, False
+        _Bar.made.append(self)
+
+    def update(self, n):
+        self.steps += n
+
+    def set_postfix(self, **figures):
+        self.postfix = figures
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_progress_bar_counts_the_steps_and_shows_the_epochs_running_figures(tiny_fashion, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "tqdm", _Bar)
+    monkeypatch.setattr(loop, "REFRESH_SECONDS", 0.0)  # read the device's sums after every step
+    _Bar.made = []
+    summary = train(_cfg(tiny_fashion, tmp_path / "run", epochs=2, progress=True))
+    history = read_checkpoint(summary["checkpoint"])[1]["history"]
+    for epoch, (bar, row) in enumerate(zip(_Bar.made, history, strict=True), start=1):
+        assert bar.kwargs == {"total": 6, "initial": 0, "desc": f"epoch {epoch}/2", "disable": False, "leave": False,
+                              "dynamic_ncols": True}  # follows the terminal's width
+        assert bar.steps == 6 and bar.closed
+        assert bar.postfix["loss"] == f"{row['train_loss']:.3f}" and bar.postfix["acc"] == f"{row['train_top1']:.1f}"
+        assert bar.postfix["lr"] == f"{row['lr']:.3g}" and int(bar.postfix["img_s"]) > 0
+    _Bar.made = []
+    train(_cfg(tiny_fashion, tmp_path / "quiet", epochs=1, progress=False))
+    assert [bar.kwargs["disable"] for bar in _Bar.made] == [True]
+
+
 # --- one short run, its summary and checkpoints ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -143,7 +180,8 @@ def saves(tiny_fashion, tmp_path_factory):
 
 def test_checkpoints_every_n_steps_inside_an_epoch_and_at_each_epochs_end(saves):
     _, recorded, _, _ = saves
-    val = [row["eval_top1"] for row in recorded[-1][1]["history"]]
+    history = recorded[-1][1]["history"]
+    val = [row["eval_top1"] for row in history]
     # steps 4 and 8 fall inside epochs (batch 4 of 6, batch 2 of 6); step 12 ends epoch 2, saved as its end;
     # best is saved when an epoch's validation accuracy beats every earlier one
     assert [(name, m["step"], m["epoch"], m["batch_in_epoch"]) for name, m in recorded] == [
@@ -152,8 +190,9 @@ def test_checkpoints_every_n_steps_inside_an_epoch_and_at_each_epochs_end(saves)
         ("last.safetensors", 8, 1, 2),
         *([("best.safetensors", 12, 2, 0)] if val[1] > val[0] else []),
         ("last.safetensors", 12, 2, 0)]
-    mid_epoch = recorded[0][1]["partial_epoch"]
-    assert mid_epoch["seen"] == 4 * 64 and mid_epoch["seconds"] > 0 and math.isfinite(mid_epoch["loss_sum"])
+    mid_epoch = recorded[0][1]["partial_epoch"]  # 4 of epoch 1's 6 steps: part of the epoch's time
+    assert mid_epoch["seen"] == 4 * 64 and 0 < mid_epoch["seconds"] < history[0]["epoch_seconds"]
+    assert math.isfinite(mid_epoch["loss_sum"])
     assert recorded[1][1]["partial_epoch"] == {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
 
 
