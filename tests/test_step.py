@@ -42,7 +42,13 @@ class _Keep:
 def test_the_trainer_equals_a_bare_loop_bit_for_bit(tiny_fashion, tmp_path, monkeypatch):
     models, loaders = _Keep(monkeypatch, "build_model"), _Keep(monkeypatch, "build_loaders")
     cfg = _cfg(tiny_fashion, tmp_path / "run")
-    train(cfg)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # deterministic mode turns cuDNN's autotuning off
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        train(cfg)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
     model, (train_loader, _, _) = models.kept[0], loaders.kept[0]
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch, step, epochs = len(train_loader), 0, []
