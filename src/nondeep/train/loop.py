@@ -306,11 +306,9 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                 break
     if board is not None:
         board.close()
-    if world_size > 1:
-        dist.barrier()
     summary = _finish(cfg, out, model, ema, test_loader, info, device, history, train_start, stopped_by, nan_steps,
                       run_meta, step) if is_main else {}
-    if world_size > 1:
+    if world_size > 1:  # the other ranks wait while rank 0 evaluates and writes the run's files
         dist.barrier()
     return summary
 
