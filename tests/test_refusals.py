@@ -153,7 +153,8 @@ def test_resume_into_a_run_of_another_model_or_dataset_is_refused(case, tiny_fas
     base = ["train", "--resume", "--out", trained, "--data-dir", tiny_fashion, "--no-progress", "--num-workers", "0"]
     argv, message = {
         "other model": ([*base, *TINY, "--model", "wrn_16_1", "--model-kwargs", "{}"],
-                        r"is a run of parnet_tiny on fashion-mnist whose model is 'parnet_tiny', not 'wrn_16_1'"),
+                        rf"--resume: {re.escape(str(trained / 'last.safetensors'))} is a run of parnet_tiny on "
+                        r"fashion-mnist whose model is 'parnet_tiny', not 'wrn_16_1'"),  # names the checkpoint
         "other model_kwargs": ([*base, *TINY, "--model-kwargs", '{"width_multiplier": 1.0}'],
                                r"whose model_kwargs is .*'width_multiplier': 0.5"),
         "other dataset": ([*base, *TINY, "--data", three], r"whose data is 'fashion-mnist', not 'three'"),
