@@ -7,9 +7,9 @@
 #   SAMPLE=150 scripts/mutation.sh train/loop.py   # a seeded random sample of its mutants (SEED, CHUNK, CHILDREN)
 #
 # A sample is a prefix of a seeded random order of the module's mutants, run in chunks of CHUNK in that order, so
-# a run stopped between chunks has still decided a random sample. Where its mutants are decided, the summary
-# gives the fraction killed with its exact (Clopper-Pearson) 95% interval; survivors count as not killed there
-# until they are judged equivalent by hand.
+# a run stopped between chunks has still decided a random sample. The summary lists the sample in sample.tsv
+# (name, status) and gives the fraction killed with its exact 95% interval (scripts/mutation_score.py); a survivor
+# counts as not killed until its verdict is added to the table by hand.
 #
 # Each module is mutated in its own copy of the committed tree under ${MUTATION_DIR:-/tmp/nondeep-mutation}
 # (mutmut rewrites files), and the summary lines go to <copy>/summary.txt; `mutmut results` and
@@ -118,18 +118,11 @@ PY
     for status in killed survived "no tests" timeout suspicious segfault skipped; do
       echo "$status: $(grep -c ": $status\$" "$copy/results.txt" || true)"
     done
-    if [ -n "$SAMPLE" ]; then
-      echo "sample: $(wc -l < "$copy/sample.txt") of $(grep -c '' "$copy/results.txt"), seed $SEED"
-      "$PYTHON" - "$copy/results.txt" "$copy/sample.txt" <<'PY'
-import sys
-from scipy.stats import binomtest
-status = dict(line.strip().rsplit(": ", 1) for line in open(sys.argv[1]) if ": " in line)
-decided = [status[n] for n in open(sys.argv[2]).read().split() if status.get(n) not in (None, "not checked")]
-killed = sum(s in ("killed", "timeout", "segfault") for s in decided)
-if decided:
-    low, high = binomtest(killed, len(decided)).proportion_ci(0.95, method="exact")
-    print(f"sample decided: {len(decided)}, killed {killed} ({killed / len(decided):.1%}, 95% CI [{low:.1%}, {high:.1%}])")
-PY
+    if [ -n "$SAMPLE" ]; then  # the sample's rows in its order, for the verdicts on its survivors
+      awk 'NR == FNR { status[$1] = $2; next } { print $1 "\t" (($1 in status) ? status[$1] : "not checked") }' \
+        FS=': ' <(sed 's/^ *//' "$copy/results.txt") "$copy/sample.txt" > "$copy/sample.tsv"
+      echo "sample: $(wc -l < "$copy/sample.txt") of $(grep -c '' "$copy/results.txt"), seed $SEED ($copy/sample.tsv)"
+      "$PYTHON" "$ROOT/scripts/mutation_score.py" "$copy/sample.tsv"
     fi
   } | tee "$copy/summary.txt"
 done
