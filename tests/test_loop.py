@@ -11,7 +11,7 @@ import threading
 import pytest
 import torch
 
-from nondeep import NondeepError, plots
+from nondeep import NondeepError, measure, plots
 from nondeep.checkpoint import load_model, read_checkpoint
 from nondeep.train import TrainConfig, loop, train
 from nondeep.train.optim import lr_at
@@ -153,8 +153,8 @@ def test_the_progress_bar_counts_the_steps_and_shows_the_epochs_running_figures(
 @pytest.fixture(scope="module")
 def saves(tiny_fashion, tmp_path_factory):
     """A 2-epoch run (384 training images at batch 64: 6 steps an epoch) with a checkpoint every 4 steps,
-    recording every checkpoint it saves and the curves it plots; returns (summary, [(file name, meta)], config,
-    [plot keyword arguments])."""
+    recording every checkpoint it saves, the curves it plots and the input its depth is measured on; returns
+    (summary, [(file name, meta)], config, [(what, how it was called)])."""
     out = tmp_path_factory.mktemp("loop") / "run"
     cfg = _cfg(tiny_fashion, out, checkpoint_every_steps=4)
     recorded = []
@@ -164,18 +164,23 @@ def saves(tiny_fashion, tmp_path_factory):
         recorded.append((path.name, meta))
         return real_save(path, model, meta, *args, **kwargs)
 
-    plotted = []
-    real_plot = plots.plot_training_curves
+    calls = []
+    real_plot, real_depth = plots.plot_training_curves, measure.depth
 
     def plot(history, path, **kwargs):
-        plotted.append(kwargs)
+        calls.append(("curves", kwargs))
         return real_plot(history, path, **kwargs)
+
+    def depth(model, input_size=None):
+        calls.append(("depth", input_size))
+        return real_depth(model, input_size)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "save_checkpoint", spy)
         mp.setattr(plots, "plot_training_curves", plot)
+        mp.setattr(measure, "depth", depth)
         summary = train(cfg, run_meta={"purpose": "test"})
-    return summary, recorded, cfg, plotted
+    return summary, recorded, cfg, calls
 
 
 def test_checkpoints_every_n_steps_inside_an_epoch_and_at_each_epochs_end(saves):
@@ -210,7 +215,7 @@ def test_checkpoint_meta_records_the_run(saves):
 
 
 def test_summary_names_every_figure_of_the_run(saves):
-    summary, recorded, cfg, plotted = saves
+    summary, recorded, cfg, calls = saves
     history = recorded[-1][1]["history"]
     assert summary["epochs"] == 2 and summary["epochs_planned"] == 2 and summary["steps"] == 12
     assert summary["train_images"] == 384 and summary["eval_split"] == "val"
@@ -229,7 +234,8 @@ def test_summary_names_every_figure_of_the_run(saves):
     assert summary["date"] == dt.date.today().isoformat() and summary["purpose"] == "test"
     assert summary["out"] == cfg.out and summary["checkpoint"] == f"{cfg.out}/last.safetensors"
     assert summary["train_seconds"] >= sum(row["epoch_seconds"] for row in history) > 0
-    assert plotted == [{"title": "mimic_snn_1k on fashion-mnist", "eval_label": "val"}]  # the curves name the split
+    assert calls == [("depth", (1, 28, 28)),  # measured on the data's images (a model fx cannot trace is run on one)
+                     ("curves", {"title": "mimic_snn_1k on fashion-mnist", "eval_label": "val"})]  # names the split
 
 
 def test_each_epochs_row_is_its_own_figures(saves):
