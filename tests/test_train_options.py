@@ -258,6 +258,16 @@ def _training_inputs(monkeypatch):
     return seen
 
 
+@pytest.mark.parametrize("crop_padding, flip, cutout", [(2, True, 4), (0, False, 0)])
+def test_the_train_loader_augments_as_the_config_says(tiny_fashion, tmp_path, monkeypatch, crop_padding, flip, cutout):
+    spy = _Spy(monkeypatch, "build_loaders")
+    train(_cfg(tiny_fashion, tmp_path / "run", max_train_samples=32, crop_padding=crop_padding, flip=flip,
+               cutout=cutout))  # one step
+    train_loader, eval_loader, _ = spy.results[0]
+    expected = Augment(crop_padding=crop_padding, flip=flip, cutout=cutout)
+    assert train_loader.augment == (expected if expected.enabled else None) and eval_loader.augment is None
+
+
 def test_cutout_zeroes_one_square_per_training_image(tiny_fashion, tmp_path, monkeypatch):
     seen = _training_inputs(monkeypatch)
     train(_cfg(tiny_fashion, tmp_path / "run", cutout=8))
