@@ -217,6 +217,7 @@ def test_checkpoint_meta_records_the_run(saves):
 def test_summary_names_every_figure_of_the_run(saves):
     summary, recorded, cfg, calls = saves
     history = recorded[-1][1]["history"]
+    assert summary["model"] == "mimic_snn_1k" and summary["data"] == "fashion-mnist"
     assert summary["epochs"] == 2 and summary["epochs_planned"] == 2 and summary["steps"] == 12
     assert summary["train_images"] == 384 and summary["eval_split"] == "val"
     assert summary["selection"] == {"split": "val", "val_split": 0.25, "val_images": 128, "metric": "eval_top1",
