@@ -258,14 +258,23 @@ def _training_inputs(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("crop_padding, flip, cutout", [(2, True, 4), (0, False, 0)])
-def test_the_train_loader_augments_as_the_config_says(tiny_fashion, tmp_path, monkeypatch, crop_padding, flip, cutout):
-    spy = _Spy(monkeypatch, "build_loaders")
-    train(_cfg(tiny_fashion, tmp_path / "run", max_train_samples=32, crop_padding=crop_padding, flip=flip,
-               cutout=cutout))  # one step
-    train_loader, eval_loader, _ = spy.results[0]
-    expected = Augment(crop_padding=crop_padding, flip=flip, cutout=cutout)
-    assert train_loader.augment == (expected if expected.enabled else None) and eval_loader.augment is None
+@pytest.mark.parametrize("options", [dict(crop_padding=2, flip=True, cutout=4, eval_batch_size=48, num_workers=1,
+                                          image_size=32, in_chans=1, val_split=0.25, seed=7),
+                                     dict(crop_padding=0, flip=False, cutout=0)])
+def test_the_trainer_asks_build_loaders_for_what_the_config_says(tiny_fashion, tmp_path, monkeypatch, options):
+    asked, real = [], loop.build_loaders
+    monkeypatch.setattr(loop, "build_loaders", lambda *a, **kw: asked.append((a, kw)) or real(*a, **kw))
+    cfg = _cfg(tiny_fashion, tmp_path / "run", max_train_samples=32, **options)  # one step
+    train(cfg)
+    (args, kwargs), = asked
+    fit_batches = kwargs.pop("fit_batches")  # lowers the batch sizes if a batch would not fit the device
+    assert fit_batches.func is loop.fit_batches and fit_batches.args == (cfg, torch.device("cpu"))
+    augment = Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout)
+    assert args == ("fashion-mnist",) and kwargs == dict(
+        data_dir=str(tiny_fashion), batch_size=32, eval_batch_size=cfg.eval_batch_size, augment=augment,
+        val_split=cfg.val_split, max_train_samples=32, device=torch.device("cpu"), seed=cfg.seed, rank=0,
+        world_size=1, num_workers=cfg.num_workers, with_indices=False, image_size=cfg.image_size,
+        in_chans=cfg.in_chans)
 
 
 def test_cutout_zeroes_one_square_per_training_image(tiny_fashion, tmp_path, monkeypatch):
