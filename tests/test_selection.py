@@ -72,7 +72,8 @@ def test_best_is_chosen_on_validation_and_test_is_read_only_at_the_end(tiny_fash
 
 def test_without_validation_nothing_is_selected_and_best_is_last(tiny_fashion, tmp_path):
     summary = train(_cfg(tiny_fashion, tmp_path / "run", val_split=0.0, epochs=2))
-    assert summary["selection"]["split"] is None and "nothing selected" in summary["selection"]["note"]
+    assert summary["selection"] == {"split": None, "note": "val_split 0: trained on every training image, nothing "
+                                                           "selected (best.safetensors = last)"}
     assert summary["eval_split"] == "test" and summary["best_epoch"] == 2 and summary["val_accuracy"] is None
     assert summary["best_test_accuracy"] == summary["test_accuracy"] and summary["train_images"] == 512
     best, _ = read_checkpoint(tmp_path / "run" / "best.safetensors")
