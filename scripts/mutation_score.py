@@ -10,9 +10,9 @@ docs/testing.md says). Verdicts:
   equivalent      no input can tell it apart
   gpu-only        only a GPU (or several) can tell it apart: equivalent on the CPU where the suite runs
   code-removed    the mutated code was removed as redundant: no longer a mutant
-A survivor without a verdict counts as a gap. The score is killed / (decided - equivalent - gpu-only -
-code-removed); its interval (Clopper-Pearson, scipy's binomtest) says where the module's whole score lies, as far
-as a random sample of its mutants can tell."""
+  gap             a survivor no test kills (so is one without a verdict)
+The score is killed / (decided - equivalent - gpu-only - code-removed); its interval (Clopper-Pearson, scipy's
+binomtest) says where the module's whole score lies, as far as a random sample of its mutants can tell."""
 
 from __future__ import annotations
 
@@ -27,16 +27,17 @@ KILLED_STATUSES = {"killed", "timeout", "segfault"}  # mutmut's: a test failed, 
 UNDECIDED_STATUSES = {"not checked"}
 KILLED_VERDICTS = {"killed-by-hand", "killed-since"}
 EXCLUDED_VERDICTS = {"equivalent", "gpu-only", "code-removed"}
+GAP = "gap"
 
 
 def score(rows: list[list[str]]) -> dict[str, float | int]:
     """Counts of a table's decided mutants, and the fraction killed of those that can be killed, with its CI."""
     decided = [row for row in rows if row[1] not in UNDECIDED_STATUSES]
     verdicts = Counter(row[2] for row in decided if row[1] not in KILLED_STATUSES and len(row) > 2)
-    unknown = set(verdicts) - KILLED_VERDICTS - EXCLUDED_VERDICTS
+    unknown = set(verdicts) - KILLED_VERDICTS - EXCLUDED_VERDICTS - {GAP}
     if unknown:
         raise ValueError(f"unknown verdicts {sorted(unknown)}: use one of "
-                         f"{sorted(KILLED_VERDICTS | EXCLUDED_VERDICTS)}")
+                         f"{sorted(KILLED_VERDICTS | EXCLUDED_VERDICTS | {GAP})}")
     killed_by_run = sum(row[1] in KILLED_STATUSES for row in decided)
     killed = killed_by_run + sum(verdicts[v] for v in KILLED_VERDICTS)
     scored = len(decided) - sum(verdicts[v] for v in EXCLUDED_VERDICTS)

@@ -20,8 +20,9 @@ m5\tsurvived\tkilled-since\ta later test
 m6\tsurvived\tequivalent\tsame values
 m7\tsurvived\tgpu-only\tCUDA only
 m8\tsurvived\tcode-removed\tredundant line
-m9\tsurvived
+m9\tsurvived\tgap\tno test
 m10\tno tests
+m12\tsurvived
 m11\tnot checked
 """
 
@@ -30,14 +31,14 @@ def test_killed_and_excluded_mutants_are_counted_by_status_and_verdict(tmp_path,
     (tmp_path / "t.tsv").write_text(TABLE)
     assert mutation_score.main([str(tmp_path / "t.tsv")]) == 0
     s = mutation_score.score([line.split("\t") for line in TABLE.splitlines()])
-    # 10 decided (m11 is not); 3 excluded (m6-m8); killed: 3 by the run, 2 by hand or since; gaps: m9, m10
-    assert (s["mutants"], s["decided"], s["killed_by_run"], s["killed"], s["scored"], s["gaps"]) == (11, 10, 3, 5, 7, 2)
+    # 11 decided (m11 is not); 3 excluded (m6-m8); killed: 3 by the run, 2 by hand or since; gaps: m9, m10, m12
+    assert (s["mutants"], s["decided"], s["killed_by_run"], s["killed"], s["scored"], s["gaps"]) == (12, 11, 3, 5, 8, 3)
     verdicts = ("equivalent", "gpu-only", "code-removed", "killed-by-hand", "killed-since")
     assert [s[v] for v in verdicts] == [1, 1, 1, 1, 1]
-    ci = binomtest(5, 7).proportion_ci(0.95, method="exact")
-    assert s["score"] == 5 / 7 and (s["ci_low"], s["ci_high"]) == (ci.low, ci.high)
+    ci = binomtest(5, 8).proportion_ci(0.95, method="exact")
+    assert s["score"] == 5 / 8 and (s["ci_low"], s["ci_high"]) == (ci.low, ci.high)
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"score: 5 / 7 = 71.4% (95% CI [{ci.low:.1%}, {ci.high:.1%}])")
+        f"score: 5 / 8 = 62.5% (95% CI [{ci.low:.1%}, {ci.high:.1%}])")
 
 
 def test_an_all_killed_sample_still_has_a_lower_bound_below_one():
@@ -49,7 +50,7 @@ def test_an_all_killed_sample_still_has_a_lower_bound_below_one():
 @pytest.mark.parametrize("content, message", [
     (None, "is not a file: pass the table a sampled run wrote"),
     ("m1\tsurvived\tfine\twhy\n", "unknown verdicts ['fine']: use one of ['code-removed', 'equivalent', "
-                                  "'gpu-only', 'killed-by-hand', 'killed-since']"),
+                                  "'gap', 'gpu-only', 'killed-by-hand', 'killed-since']"),
 ])
 def test_a_missing_table_or_an_unknown_verdict_is_refused_in_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "t.tsv"
