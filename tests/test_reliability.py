@@ -1,6 +1,7 @@
 """Fault injection: killed runs resume exactly, writes cannot half-happen, corrupt files are refused, NaN
 losses stop or are skipped, and every bad input is one clear line with a non-zero exit and nothing lost."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -148,6 +149,9 @@ def test_nan_loss_stops_with_step_lr_and_checkpoint_or_is_skipped(tiny_fashion, 
         summary = train(cfg)
         assert summary["nan_steps_skipped"] == 2 and summary["epochs"] == 2
         assert summary["steps"] == 16  # a skipped batch is a step of the schedule, as any other
+        # a third epoch resumed from the checkpoint keeps the count (its own 8 calls stay clear of 11 and 12)
+        resumed = train(dataclasses.replace(cfg, epochs=3), resume=True)
+        assert resumed["nan_steps_skipped"] == 2 and resumed["epochs"] == 3 and resumed["steps"] == 24
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
