@@ -25,16 +25,16 @@ def two_threads():
     torch.set_num_threads(2)
 
 
-def load_benchmark(name: str):
-    """benchmarks/<name>.py as a module (the scripts import their `_common` beside them, so the folder is on
-    sys.path while it loads)."""
+def load_script(name: str, folder: str = "benchmarks"):
+    """<folder>/<name>.py of the repository (benchmarks/ or scripts/) as a module (the benchmarks import their
+    `_common` beside them, so the folder is on sys.path while it loads)."""
     import importlib.util
     import sys
 
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    folder = Path(__file__).resolve().parents[1] / folder
     sys.path.insert(0, str(folder))
     try:
-        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", folder / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"{folder.name}_{name}", folder / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import load_benchmark, randomize_bn
+from conftest import load_script, randomize_bn
 from nondeep import create_model, reparameterize_model
 from nondeep.bench import benchmark_model, check_row
 from nondeep.cli import main
@@ -268,7 +268,7 @@ def test_streams_graph_on_a_model_without_streams_fails_on_a_gpu():
 def test_latency_script_runs_end_to_end_on_a_cpu(tmp_path, monkeypatch):
     """The GPU script's CPU-runnable path: the same code with --device cpu on two small models writes a JSON
     whose rows pass check_row and a markdown with the targets, the output checks and the roof."""
-    script = load_benchmark("bench_latency")
+    script = load_script("bench_latency")
     # The roof is measured elsewhere (test_roof_*); a fixed one keeps this plumbing test free of the load.
     fixed = Roof("cpu", 2, [RoofComponent("conv", "float32", "torch", "fixed", 1e4, 2)])
     monkeypatch.setattr(script, "measure_roof", lambda *args, **kwargs: fixed)

@@ -113,40 +113,43 @@ def test_metrics_csv_has_the_columns_in_order_and_drops_other_keys(tmp_path):
 
 # --- the progress bar ------------------------------------------------------------------------------------
 
-class _Bar:
-    """Records what the trainer asks of tqdm."""
-    made: list["_Bar"] = []
+def _recorded_bars(monkeypatch) -> list:
+    """Swaps the trainer's tqdm for a recorder of what the trainer asks of each bar; returns the bars made."""
+    made = []
 
-    def __init__(self, **kwargs):
-        self.kwargs, self.steps, self.postfix, self.closed = kwargs, 0, None, False
-        _Bar.made.append(self)
+    class Bar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.steps, self.postfix, self.closed = kwargs, 0, None, False
+            made.append(self)
 
-    def update(self, n):
-        self.steps += n
+        def update(self, n):
+            self.steps += n
 
-    def set_postfix(self, **figures):
-        self.postfix = figures
+        def set_postfix(self, **figures):
+            self.postfix = figures
 
-    def close(self):
-        self.closed = True
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(loop, "tqdm", Bar)
+    return made
 
 
 def test_the_progress_bar_counts_the_steps_and_shows_the_epochs_running_figures(tiny_fashion, tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "tqdm", _Bar)
+    bars = _recorded_bars(monkeypatch)
     monkeypatch.setattr(loop, "REFRESH_SECONDS", 0.0)  # read the device's sums after every step
-    _Bar.made = []
     summary = train(_cfg(tiny_fashion, tmp_path / "run", epochs=2, progress=True))
     history = read_checkpoint(summary["checkpoint"])[1]["history"]
-    for epoch, (bar, row) in enumerate(zip(_Bar.made, history, strict=True), start=1):
+    for epoch, (bar, row) in enumerate(zip(bars, history, strict=True), start=1):
         assert bar.kwargs == {"total": 6, "initial": 0, "desc": f"epoch {epoch}/2", "disable": False, "leave": False,
                               "dynamic_ncols": True}  # follows the terminal's width
         assert bar.steps == 6 and bar.closed
         assert bar.postfix["loss"] == f"{row['train_loss']:.3f}" and bar.postfix["acc"] == f"{row['train_top1']:.1f}"
         # the bar's rate is read before the epoch's evaluation, the row's after: the bar's is the higher
         assert bar.postfix["lr"] == f"{row['lr']:.3g}" and int(bar.postfix["img_s"]) >= int(row["train_images_per_sec"])
-    _Bar.made = []
+    bars.clear()
     train(_cfg(tiny_fashion, tmp_path / "quiet", epochs=1, progress=False))
-    assert [bar.kwargs["disable"] for bar in _Bar.made] == [True]
+    assert [bar.kwargs["disable"] for bar in bars] == [True]
 
 
 # --- one short run, its summary and checkpoints ------------------------------------------------------------

@@ -1,16 +1,12 @@
 """scripts/mutation_score.py: the score of a sampled mutation run, from its table and the verdicts on its
 survivors, with scipy's exact interval; a bad table is refused in one line."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from scipy.stats import binomtest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mutation_score.py"
-spec = importlib.util.spec_from_file_location("mutation_score", SCRIPT)
-mutation_score = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mutation_score)
+from conftest import load_script
+
+mutation_score = load_script("mutation_score", folder="scripts")
 
 TABLE = """m1\tkilled
 m2\ttimeout

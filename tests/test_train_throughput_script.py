@@ -3,9 +3,9 @@ the target verdict follows the intervals (met, not met, undecided), never a sing
 
 import pytest
 
-from conftest import load_benchmark
+from conftest import load_script
 
-script = load_benchmark("bench_train_throughput")
+script = load_script("bench_train_throughput")
 
 
 def _rates(fast: list[float]) -> dict[str, list[float]]:
