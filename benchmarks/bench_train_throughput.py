@@ -7,7 +7,8 @@ machine noise hits every variant alike (issue 14).
 Each trainer variant trains `--epochs` epochs of `--samples` images; its figure is the last epoch's own
 images/s (metrics.csv `train_images_per_sec`: steps, progress bar, metric accumulation, no evaluation), so a
 compiled variant's first epoch (compilation) is left out. "default" is the trainer with nothing switched on:
-the figure the others are measured against. The bare loop is the same step with nothing around it.
+the figure the others are measured against. The bare loop is the same step with nothing around it, in the
+variant's precision (a CPU bf16 variant is held against a bf16 bare loop).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nondeep.models import create_model
 from nondeep.report import format_table, write_json, write_text
 from nondeep.stats import estimate
 from nondeep.train import TrainConfig, train
+from nondeep.train.loop import native_cpu_bf16
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -36,20 +38,33 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "compile": {"compile": True},
     "channels_last+compile": {"channels_last": True, "compile": True},
     "compile-reduce-overhead": {"compile": True, "compile_mode": "reduce-overhead"},  # CUDA graphs on a GPU
+    # bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX); on CUDA the default already steps in bf16
+    "bf16": {"cpu_bf16": True},
+    "channels_last+bf16": {"channels_last": True, "cpu_bf16": True},
+    "compile+bf16": {"compile": True, "cpu_bf16": True},
+    "channels_last+compile+bf16": {"channels_last": True, "compile": True, "cpu_bf16": True},
 }
 TARGET_VS_DEFAULT, FLOOR_VS_BARE_LOOP = 1.3, 0.95  # issue 14, CPU
 
 
+def bare_loop_of(variant: str) -> str:
+    """The bare loop a variant is held against: the one of its precision (a CPU bf16 step against a bf16 loop)."""
+    if variant.startswith("bare loop"):
+        return variant
+    return "bare loop bf16" if VARIANTS.get(variant, {}).get("cpu_bf16") else "bare loop"
+
+
 def bare_loop_images_per_sec(model_name: str, samples: int, batch_size: int, epochs: int, seed: int,
-                             device: torch.device) -> float:
-    """The last epoch's images/s of a plain SGD loop over the trainer's own loader and augmentation."""
+                             device: torch.device, cpu_bf16: bool = False) -> float:
+    """The last epoch's images/s of a plain SGD loop over the trainer's own loader and augmentation, in the
+    trainer's precision: bf16 autocast on CUDA, and on the CPU when cpu_bf16."""
     torch.manual_seed(seed)
     loader, _, info = build_loaders("fashion-mnist", batch_size=batch_size, max_train_samples=samples,
                                     augment=Augment(crop_padding=2, flip=True), seed=seed, val_split=0.0,
                                     device=device)
     model = create_model(model_name, num_classes=info.num_classes, in_chans=info.in_chans).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or cpu_bf16)
     rate = 0.0
     for epoch in range(epochs):
         loader.set_epoch(epoch)
@@ -90,7 +105,7 @@ def speedup_rows(rates: dict[str, list[float]]) -> list[dict[str, Any]]:
     for name, values in rates.items():
         row: dict[str, Any] = {"variant": name, "images_per_sec": round(statistics.median(values), 1),
                                "min": round(min(values), 1), "max": round(max(values), 1)}
-        for against, column in (("default", "vs_default"), ("bare loop", "vs_bare_loop")):
+        for against, column in (("default", "vs_default"), (bare_loop_of(name), "vs_bare_loop")):
             if against in rates:
                 ratio = estimate(round_ratios(rates, name, against))
                 row[column] = round(float(ratio.mean), 3)
@@ -106,10 +121,10 @@ def target_verdict(rates: dict[str, list[float]], target: float = TARGET_VS_DEFA
     met when both intervals clear their bounds, not met when either lies below, otherwise undecided."""
     if "default" not in rates:
         return "No default variant in this run: no speed-up to state."
-    variants = [v for v in rates if v not in ("bare loop", "default")] or ["default"]
+    variants = [v for v in rates if v != "default" and not v.startswith("bare loop")] or ["default"]
     best = max(variants, key=lambda v: statistics.median(rates[v]))
     vs_default = estimate(round_ratios(rates, best, "default"))
-    vs_bare = estimate(round_ratios(rates, best, "bare loop"))
+    vs_bare = estimate(round_ratios(rates, best, bare_loop_of(best)))
     if vs_default.low is None:
         outcome = "one round, no interval: run more rounds"
     elif vs_default.low >= target and vs_bare.low >= floor:
@@ -122,7 +137,8 @@ def target_verdict(rates: dict[str, list[float]], target: float = TARGET_VS_DEFA
     def stated(e: Any) -> str:
         return f"{e.mean:.2f}x" + ("" if e.low is None else f" (95% CI [{e.low:.2f}, {e.high:.2f}])")
 
-    return (f"Fastest trainer variant: {best}, {stated(vs_default)} the default and {stated(vs_bare)} the bare loop "
+    return (f"Fastest trainer variant: {best}, {stated(vs_default)} the default and {stated(vs_bare)} the "
+            f"{bare_loop_of(best)} "
             f"over {vs_default.n} rounds (targets: >= {target}x the default, >= {floor}x the bare loop): {outcome}.")
 
 
@@ -135,16 +151,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="default: every variant the device runs (bf16 ones on a CPU with native bf16)")
     parser.add_argument("--out", default="docs/results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rates: dict[str, list[float]] = {"bare loop": [], **{v: [] for v in args.variants}}
+    bf16_runs = device.type == "cpu" and native_cpu_bf16()
+    variants = args.variants or [v for v in VARIANTS if bf16_runs or not VARIANTS[v].get("cpu_bf16")]
+    if not bf16_runs and any(VARIANTS[v].get("cpu_bf16") for v in variants):
+        parser.error("the bf16 variants need a CPU with native bf16 (AVX512-BF16 or AMX); on CUDA the default "
+                     "steps in bf16 already: drop them")
+    bare_loops = list(dict.fromkeys(bare_loop_of(v) for v in ["default", *variants]))
+    rates: dict[str, list[float]] = {**{b: [] for b in bare_loops}, **{v: [] for v in variants}}
     for r in range(args.rounds):
-        rates["bare loop"].append(bare_loop_images_per_sec(args.model, args.samples, args.batch_size, args.epochs,
-                                                           r, device))
-        for name in args.variants:
+        for bare in bare_loops:
+            rates[bare].append(bare_loop_images_per_sec(args.model, args.samples, args.batch_size, args.epochs, r,
+                                                        device, cpu_bf16=bare.endswith("bf16")))
+        for name in variants:
             rates[name].append(trainer_images_per_sec(args.model, args.samples, args.batch_size, args.epochs, r,
                                                       args.device, VARIANTS[name]))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()) + " img/s", flush=True)

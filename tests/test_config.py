@@ -19,8 +19,8 @@ DEFAULTS = {
     "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "warmup_epochs": 0.0,
     "step_milestones": [0.3, 0.6, 0.8], "step_gamma": 0.2, "label_smoothing": 0.1, "grad_clip": 0.0,
     "ema_decay": 0.0, "crop_padding": 2, "flip": True, "cutout": 0, "tta_flip": False,
-    "device": "auto", "amp": True, "channels_last": False, "compile": False, "compile_mode": "default",
-    "threads": None, "num_workers": 2,
+    "device": "auto", "amp": True, "cpu_bf16": False, "channels_last": False, "compile": False,
+    "compile_mode": "default", "threads": None, "num_workers": 2,
     "seed": 0, "deterministic": False, "checkpoint_every_steps": 0, "checkpoint_every_minutes": 0.0,
     "on_nan": "stop", "progress": True,
 }

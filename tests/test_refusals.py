@@ -122,6 +122,14 @@ def test_out_of_range_image_options_are_refused(tmp_path, flag, value, message):
                    absent=[tmp_path / "new"])
 
 
+def test_cpu_bf16_on_a_cpu_without_native_bf16_is_refused(tiny_fashion, tmp_path, monkeypatch):
+    monkeypatch.setattr("nondeep.train.loop.native_cpu_bf16", lambda: False)
+    new = tmp_path / "new"
+    argv = ["train", "--data-dir", tiny_fashion, "--out", new, *TINY, "--device", "cpu", "--cpu-bf16"]
+    assert_refused(argv, r"--cpu-bf16: this CPU has no native bf16 \(AVX512-BF16 or AMX\): drop --cpu-bf16",
+                   watch=[tiny_fashion], absent=[new])
+
+
 # --- paths that cannot be a run folder ------------------------------------------------------------------
 
 def test_out_that_is_a_file_or_under_a_file_is_refused(tiny_fashion, tmp_path):

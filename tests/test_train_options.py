@@ -1,8 +1,9 @@
 """Each trainer promise through `train()` itself, on tiny synthetic data: the train loader is shuffled and
 the eval loader is not, resume with augmentation, dropout and EMA on is bit-identical, the EMA follows its
 formula and is what evaluation uses, checkpoints by the minute, the shipped configs train, and the options
-(channels_last, grad_clip, cutout, label_smoothing, compile, val_split) do what they say."""
+(channels_last, cpu_bf16, grad_clip, cutout, label_smoothing, compile, val_split) do what they say."""
 
+import contextlib
 import shutil
 import signal
 from pathlib import Path
@@ -241,6 +242,27 @@ def test_channels_last_runs_in_that_layout_and_matches_the_default(tiny_fashion,
     a, b = _tensors(tmp_path / "cl", "model."), _tensors(tmp_path / "default", "model.")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+
+
+def test_cpu_bf16_steps_in_bf16_on_float32_weights_and_tracks_the_float32_run(tiny_fashion, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "native_cpu_bf16", lambda: True)  # emulated bf16 computes the same, only slower
+    seen = _training_inputs(monkeypatch)
+    train(_cfg(tiny_fashion, tmp_path / "bf16", cpu_bf16=True))
+    train(_cfg(tiny_fashion, tmp_path / "fp32"))
+    assert [logits.dtype for _, logits in seen] == [torch.bfloat16] * 2 + [torch.float32] * 2  # two steps a run
+    a, b = _tensors(tmp_path / "bf16", "model."), _tensors(tmp_path / "fp32", "model.")
+    assert {v.dtype for v in a.values() if v.is_floating_point()} == {torch.float32}
+    moved = [(a[k] - b[k]).abs().max() for k in a if a[k].is_floating_point()]
+    assert 0 < max(moved) < 2e-2  # bf16 rounding (8 bits of mantissa) shifts two steps of lr 0.1 this little
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the context is built, not entered
+def test_cpu_bf16_is_a_cpu_option_and_amp_a_cuda_one():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert isinstance(loop.training_autocast(_cfg("d", "o"), cpu), contextlib.nullcontext)
+    assert isinstance(loop.training_autocast(_cfg("d", "o", cpu_bf16=True, amp=False), cuda), contextlib.nullcontext)
+    on_cuda = loop.training_autocast(_cfg("d", "o"), cuda)
+    assert (on_cuda.device, on_cuda.fast_dtype) == ("cuda", torch.bfloat16)
 
 
 def _training_inputs(monkeypatch):

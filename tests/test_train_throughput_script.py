@@ -52,3 +52,26 @@ def test_the_report_names_its_command_and_a_later_rendering(tmp_path):
     assert "- rendered:" not in (tmp_path / "train_throughput.md").read_text()
     script.write_report(_rates([140.0, 170.0, 155.0]), {**meta, "rendered": "later, from the JSON"}, tmp_path)
     assert "- rendered: later, from the JSON\n" in (tmp_path / "train_throughput.md").read_text()
+
+
+def test_a_cpu_bf16_variant_is_held_against_the_bare_loop_of_its_precision():
+    assert [script.bare_loop_of(v) for v in ("default", "compile", "bf16", "compile+bf16", "bare loop bf16")] == [
+        "bare loop", "bare loop", "bare loop bf16", "bare loop bf16", "bare loop bf16"]
+    rates = {"bare loop": [100.0, 100.0, 100.0], "bare loop bf16": [150.0, 160.0, 155.0],
+             "default": [100.0, 100.0, 100.0], "bf16": [148.0, 158.0, 153.0]}
+    rows = {r["variant"]: r for r in script.speedup_rows(rates)}
+    assert rows["bf16"]["vs_bare_loop"] == pytest.approx((148 / 150 + 158 / 160 + 153 / 155) / 3, abs=1e-3)
+    assert rows["bare loop bf16"]["vs_bare_loop"] == 1.0 and rows["default"]["vs_bare_loop"] == 1.0
+    verdict = script.target_verdict(rates)  # 1.53x the default, 0.99x its own bare loop (not 1.53x the float32 one)
+    assert verdict.startswith("Fastest trainer variant: bf16, 1.53x (95% CI [")
+    assert "the bare loop bf16 over 3" in verdict
+    assert verdict.endswith(": met.")
+
+
+def test_bf16_variants_are_refused_where_the_cpu_has_no_native_bf16(monkeypatch, capsys):
+    monkeypatch.setattr(script, "native_cpu_bf16", lambda: False)
+    monkeypatch.setattr("sys.argv", ["bench_train_throughput.py", "--variants", "default", "bf16", "--out", "x"])
+    with pytest.raises(SystemExit) as exit_:
+        script.main()
+    assert exit_.value.code == 2
+    assert "the bf16 variants need a CPU with native bf16 (AVX512-BF16 or AMX)" in capsys.readouterr().err

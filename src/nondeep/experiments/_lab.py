@@ -251,7 +251,7 @@ def _teaching(options: dict[str, Any] | None) -> dict[str, Any] | None:
 # what makes two runs the same experiment (not where they write, how they show progress or how many threads)
 _RECIPE_KEYS = {"model", "model_kwargs", "data", "epochs", "max_train_samples", "val_split", "seed", "batch_size",
                 "lr", "optimizer", "schedule", "label_smoothing", "crop_padding", "flip", "cutout", "ema_decay",
-                "image_size", "tta_flip"}
+                "image_size", "tta_flip", "cpu_bf16"}
 _RECIPE_DEFAULTS = {k: v for k, v in TrainConfig().to_dict().items() if k in _RECIPE_KEYS}
 
 

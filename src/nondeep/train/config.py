@@ -58,7 +58,8 @@ class TrainConfig:
     tta_flip: bool = False                 # evaluate each image and its mirror, logits averaged (airbench's TTA)
     # speed
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    amp: bool = True                       # mixed precision where the device supports it (CUDA)
+    amp: bool = True                       # bf16 mixed precision on CUDA
+    cpu_bf16: bool = False                 # bf16 mixed precision on a CPU that has it natively (AVX512-BF16, AMX)
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"          # torch.compile mode: reduce-overhead replays CUDA graphs on a GPU

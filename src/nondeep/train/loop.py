@@ -54,6 +54,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates it."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def training_autocast(cfg: TrainConfig, device: torch.device) -> Any:
+    """The step's mixed precision: bf16 on CUDA (cfg.amp) or on a CPU with native bf16 (cfg.cpu_bf16); the
+    loss is taken in float32 and the weights stay float32 (no loss scaling: bf16 has float32's range)."""
+    if device.type == "cuda" and cfg.amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cfg.cpu_bf16:
+        if not native_cpu_bf16():  # emulated bf16 is slower than float32: refuse rather than slow down
+            raise NondeepError("--cpu-bf16: this CPU has no native bf16 (AVX512-BF16 or AMX): drop --cpu-bf16")
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 class _StopRequest:
     """SIGINT/SIGTERM ask the loop to checkpoint at the next step boundary and exit cleanly; a second SIGINT
     (Ctrl-C again) raises KeyboardInterrupt at once (atomic writes keep the last checkpoint whole)."""
@@ -118,6 +135,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = resolve_device(cfg.device)
+    autocast = training_autocast(cfg, device)  # before anything is written: an unsupported option is refused
     if world_size > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -187,7 +205,6 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model, mode=cfg.compile_mode)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda" else nullcontext())
 
     def meta_for_checkpoint(epoch: int, batch_in_epoch: int, epoch_partial: dict[str, float]) -> dict[str, Any]:
         return {"model": cfg.model, "model_kwargs": model_kwargs, "data": dataclasses.asdict(info), "config": cfg.to_dict(),
