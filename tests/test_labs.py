@@ -3,9 +3,11 @@ parts with a right answer (parameter matching, the Pareto front, the softmax ens
 are checked against it."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from nondeep import measure
@@ -203,16 +205,34 @@ def test_lab_commands_are_listed(capsys):
         assert name in listed
 
 
-def test_lab_command_line_runs(tiny_fashion, tmp_path, capsys):
+def test_lab_command_line_runs(tiny_fashion, tmp_path, capsys, monkeypatch):
+    for module in ("nondeep.experiments._lab", "nondeep.train.loop"):  # emulated bf16 computes the same, slower
+        monkeypatch.setattr(f"{module}.native_cpu_bf16", lambda: True)
     assert main(["lab", "blocks", "--block-types", "plain", "--epochs", "1", "--max-train-samples", "32",
                  "--seeds", "2", "--data-dir", str(tiny_fashion), "--out", str(tmp_path / "cli"), "--no-progress",
-                 "--latency-forms", "channels_last"]) == 0
+                 "--latency-forms", "channels_last", "--cpu-bf16"]) == 0
     printed = capsys.readouterr().out
     assert "written under" in printed
     report = json.loads((tmp_path / "cli" / "blocks.json").read_text())
     assert report["meta"]["command"].endswith("--max-train-samples 32 --seeds 2 --seed 0 --val-split 0.1 --data-dir "
-                                              + str(tiny_fashion) + " --latency-forms channels_last")
+                                              + str(tiny_fashion) + " --latency-forms channels_last --cpu-bf16")
+    assert "training images per run in bf16 autocast (CPU), " in report["meta"]["budget_text"]
     assert report["rows"][0]["latency_form"].startswith("channels_last, ")
+    for run in report["runs"]:  # every run trained so, and says so in its own config
+        assert yaml.safe_load((Path(run["checkpoint"]).parent / "config.yaml").read_text())["cpu_bf16"] is True
+
+
+def test_cpu_bf16_in_a_lab_is_refused_on_a_gpu_and_on_a_cpu_without_native_bf16(tiny_fashion, tmp_path, monkeypatch,
+                                                                                capsys):
+    argv = ["lab", "width-depth", "--depths", "10", "--epochs", "1", "--max-train-samples", "32", "--data-dir",
+            str(tiny_fashion), "--out", str(tmp_path / "lab"), "--no-progress", "--cpu-bf16"]
+    monkeypatch.setattr("nondeep.experiments._lab.native_cpu_bf16", lambda: True)
+    assert main([*argv, "--device", "cuda"]) == 2
+    monkeypatch.setattr("nondeep.experiments._lab.native_cpu_bf16", lambda: False)
+    assert main([*argv, "--device", "cpu"]) == 2
+    for line in capsys.readouterr().err.strip().splitlines():
+        assert "--cpu-bf16 needs CPU runs on a CPU with native bf16 (AVX512-BF16 or AMX" in line
+    assert not (tmp_path / "lab").exists()
 
 
 @pytest.mark.parametrize("flags, message", [

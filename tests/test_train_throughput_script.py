@@ -50,8 +50,10 @@ def test_the_report_names_its_command_and_a_later_rendering(tmp_path):
     script.write_report(_rates([140.0, 170.0, 155.0]), meta, tmp_path)
     assert "- command: `cmd`\n" in (tmp_path / "train_throughput.md").read_text()
     assert "- rendered:" not in (tmp_path / "train_throughput.md").read_text()
-    script.write_report(_rates([140.0, 170.0, 155.0]), {**meta, "rendered": "later, from the JSON"}, tmp_path)
+    script.write_report(_rates([140.0, 170.0, 155.0]), {**meta, "rendered": "later, from the JSON",
+                                                          "cpu_simd": "avx2 amx_bf16"}, tmp_path)
     assert "- rendered: later, from the JSON\n" in (tmp_path / "train_throughput.md").read_text()
+    assert "- machine: cpu (avx2 amx_bf16), 2 cores, GPU: none\n" in (tmp_path / "train_throughput.md").read_text()
 
 
 def test_a_cpu_bf16_variant_is_held_against_the_bare_loop_of_its_precision():

@@ -27,6 +27,7 @@ from ..models import create_model
 from ..reparam import reparameterize_model
 from ..report import format_table, write_json
 from ..train import TrainConfig, config_from_dict, train
+from ..train.loop import native_cpu_bf16
 from .executor import CPU_WORKERS, EXECUTORS, Failure, StopLab, execute, plan_for
 
 MATCH_TOLERANCE = 0.20  # widths come in steps of 8 channels; a model further than this from its target is refused
@@ -60,6 +61,7 @@ class Budget:
     workers: int | None = None          # local: runs at once (default: one per GPU, or the cores at --threads each)
     ray_address: str | None = None
     latency_forms: tuple[str, ...] | None = None  # the inference forms the latency column chooses from (None: all)
+    cpu_bf16: bool = False              # train in bf16 autocast on a CPU with native bf16 (TrainConfig.cpu_bf16)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -73,6 +75,9 @@ class Budget:
             if form not in usable:
                 raise LabError(f"--latency-forms: {form!r} is not a form this device runs; choose from "
                                f"{', '.join(usable)}")
+        if self.cpu_bf16 and (on_gpu(self.device) or not native_cpu_bf16()):
+            raise LabError("--cpu-bf16 needs CPU runs on a CPU with native bf16 (AVX512-BF16 or AMX; on a GPU the "
+                           "runs train in bf16 already): drop --cpu-bf16")
 
     @property
     def seed_list(self) -> list[int]:
@@ -86,10 +91,12 @@ class Budget:
         parts += ["--device", self.device] if self.device != "auto" else []
         parts += ["--data-dir", self.data_dir] if self.data_dir else []
         parts += ["--latency-forms", *self.latency_forms] if self.latency_forms else []
+        parts += ["--cpu-bf16"] if self.cpu_bf16 else []
         return parts
 
     def describe(self) -> str:
-        return (f"{self.epochs} epoch(s) on {self.max_train_samples or 'all'} training images per run, "
+        return (f"{self.epochs} epoch(s) on {self.max_train_samples or 'all'} training images per run"
+                f"{' in bf16 autocast (CPU)' if self.cpu_bf16 else ''}, "
                 f"{self.val_split:.0%} of the training set held out for validation, seeds {self.seed_list}")
 
 
@@ -112,6 +119,8 @@ def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_
     p.add_argument("--threads", type=int, help="torch CPU threads of each run (default: torch's choice; with "
                    "--workers N, the cores / N)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    p.add_argument("--cpu-bf16", action="store_true", help="on a CPU with native bf16 (AVX512-BF16 or AMX), train "
+                   "in bf16 autocast: faster, at the accuracy cost docs/results/cpu_bf16.md measures")
     p.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual places)")
     p.add_argument("--out", help=f"output folder (default runs/lab-{name}-<date>); a lab started again with the "
                    "same --out reuses the runs it finished")
@@ -148,7 +157,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(epochs=epochs, max_train_samples=images or None, seeds=args.seeds, seed=args.seed,
                   val_split=args.val_split, data_dir=args.data_dir, threads=args.threads, device=args.device,
                   progress=args.progress, executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                  latency_forms=tuple(getattr(args, "latency_forms", None) or ()) or None)
+                  latency_forms=tuple(getattr(args, "latency_forms", None) or ()) or None, cpu_bf16=args.cpu_bf16)
 
 
 def lab_folder(out: str | Path | None, name: str) -> Path:
@@ -156,15 +165,11 @@ def lab_folder(out: str | Path | None, name: str) -> Path:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    from ..inference.roof import device_info
+
+    cpu = device_info("cpu")  # lscpu's model name and the SIMD extensions that set training speed (AVX-512, AMX)
+    return {"cpu": cpu["cpu_model"], "cpu_simd": cpu["cpu_simd"], "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "python": platform.python_version(),
             "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None}
@@ -214,7 +219,7 @@ def train_run(folder: Path, run: Run, budget: Budget, seed: int, **recipe: Any) 
         "model": run.model, "model_kwargs": run.model_kwargs, "out": str(out), "data": budget.data,
         "data_dir": budget.data_dir, "epochs": budget.epochs, "max_train_samples": budget.max_train_samples,
         "val_split": budget.val_split, "seed": seed + run.seed_offset, "threads": budget.threads,
-        "device": budget.device, "progress": budget.progress, **recipe, **run.recipe})
+        "device": budget.device, "progress": budget.progress, "cpu_bf16": budget.cpu_bf16, **recipe, **run.recipe})
     summary_path = out / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())

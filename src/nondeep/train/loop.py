@@ -65,7 +65,7 @@ def training_autocast(cfg: TrainConfig, device: torch.device) -> Any:
     if device.type == "cuda" and cfg.amp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if device.type == "cpu" and cfg.cpu_bf16:
-        if not native_cpu_bf16():  # emulated bf16 is slower than float32: refuse rather than slow down
+        if not native_cpu_bf16():  # emulated bf16 buys no speed: refuse rather than change the numerics for nothing
             raise NondeepError("--cpu-bf16: this CPU has no native bf16 (AVX512-BF16 or AMX): drop --cpu-bf16")
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
