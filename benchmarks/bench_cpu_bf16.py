@@ -18,7 +18,7 @@ from typing import Any
 from nondeep.experiments._lab import Budget, Run, _history, run_all
 from nondeep.experiments._lab_report import aggregate, lab_report, publish
 from nondeep.stats import estimate
-from nondeep.train.loop import native_cpu_bf16
+from nondeep.hardware import native_cpu_bf16
 
 NAME = "cpu_bf16"
 COLUMNS = ["model", "precision", "depth", "params", "steps", "seeds", "test_accuracy", "ci95",

@@ -30,7 +30,7 @@ from nondeep.models import create_model
 from nondeep.report import format_table, write_json, write_text
 from nondeep.stats import estimate
 from nondeep.train import TrainConfig, train
-from nondeep.train.loop import native_cpu_bf16
+from nondeep.hardware import native_cpu_bf16
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},

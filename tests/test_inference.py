@@ -15,7 +15,7 @@ from nondeep.cli import main
 from nondeep.errors import NondeepError
 from nondeep.inference import (CPU_FORMS, FORMS, GPU_FORMS, TOLERANCE, available_forms, build_runner,
                                fastest_candidate,
-                               measure_roof, optimize, relative_error)
+                               measure_roof, optimize, relative_error, requested_pairs)
 from nondeep.inference.forms import precision_flags
 from nondeep.inference.roof import Roof, RoofComponent, device_info
 from nondeep.parallel import DeviceUnavailableError, NotStreamParallelError
@@ -118,10 +118,40 @@ def test_gpu_form_on_a_cpu_machine_fails_clearly(form, capsys):
 
 
 @no_cuda
-def test_half_precision_on_a_cpu_fails_clearly(capsys):
-    assert main(["bench", "parnet_tiny", "--forms", "channels_last", "--dtype", "float16", "--repeats", "1"]) == 2
+def test_half_precision_on_a_cpu_fails_clearly(capsys, monkeypatch):
+    bench = ["bench", "parnet_tiny", "--forms", "channels_last", "--repeats", "1", "--dtype"]
+    monkeypatch.setattr("nondeep.inference.forms.native_cpu_bf16", lambda: True)
+    assert main([*bench, "float16"]) == 2  # no CPU form runs float16
+    monkeypatch.setattr("nondeep.inference.forms.native_cpu_bf16", lambda: False)
+    assert main([*bench, "bfloat16"]) == 2  # emulated bf16 buys nothing
+    for err in capsys.readouterr().err.strip().splitlines():
+        assert "does not run natively on this CPU: use float32 (bfloat16 needs a CPU with AVX512-BF16 or AMX)" in err
+
+
+def test_onnxruntime_is_asked_in_float32_alone_and_refused_without_it(capsys, monkeypatch):
+    monkeypatch.setattr("nondeep.inference.forms.native_cpu_bf16", lambda: True)
+    pairs = requested_pairs(["onnxruntime", "eager"], ["float32", "bfloat16"])
+    assert pairs == [("onnxruntime", "float32"), ("eager", "float32"), ("eager", "bfloat16")]
+    assert requested_pairs(["onnxruntime"], ["bfloat16"]) == [("onnxruntime", "bfloat16")]  # for check_form to refuse
+    assert main(["bench", "parnet_tiny", "--forms", "onnxruntime", "--dtype", "bfloat16", "--repeats", "1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "for GPUs" in err
+    assert len(err.splitlines()) == 1 and "form 'onnxruntime' runs nondeep's float32 export" in err
+
+
+@pytest.mark.parametrize("form", ["eager", "channels_last", "streams"])
+def test_bfloat16_cpu_forms_equal_the_fused_float32_model_within_their_tolerance(form, monkeypatch):
+    monkeypatch.setattr("nondeep.inference.forms.native_cpu_bf16", lambda: True)  # emulated: same numbers, slower
+    _, fused = _fused_tiny()
+    runner = build_runner(fused, form, "cpu", "bfloat16", threads=2, example=torch.randn(1, 1, 28, 28))
+    try:
+        assert next(runner.module.parameters()).dtype == torch.bfloat16
+        x = torch.randn(3, 1, 28, 28)
+        with torch.inference_mode():
+            expected = fused(x)
+        got = runner(x)
+        assert got.dtype == torch.float32 and 1e-5 < relative_error(got, expected) < TOLERANCE["bfloat16"] == 5e-2
+    finally:
+        runner.close()
 
 
 def test_streams_of_a_model_without_streams_fail_clearly(capsys):

@@ -37,6 +37,7 @@ from . import measure
 from .errors import NondeepError
 from .models import create_model
 from .inference.forms import (FORMS as INFERENCE_FORMS, PRECISIONS, TOLERANCE, ModelVariants, Runner, build_runner,
+                              requested_pairs,
                               check_form, precision_flags, relative_error, resolve_precision)
 from .inference.roof import Roof, RoofComponent, device_info, machine_line, measure_roof
 from .parallel import DeviceUnavailableError, NotStreamParallelError, intra_op_threads
@@ -274,7 +275,7 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
         wanted = []
         for item in forms:
             form, _, only = item.partition(":")
-            for precision in ([resolve_precision(only)] if only else precisions):
+            for _, precision in ([(form, resolve_precision(only))] if only else requested_pairs([form], precisions)):
                 one_count = device.type != "cpu" or form == "compiled" or (
                     form in INFERENCE_FORMS and INFERENCE_FORMS[form].streams)
                 for count in [threads] if one_count else (thread_counts or [threads]):

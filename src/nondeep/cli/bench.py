@@ -14,7 +14,8 @@ import torch
 from ..bench import (DEFAULT_REPEATS, DEFAULT_WARMUP, TABLE_COLUMNS, benchmark_model, build_model, check_row,
                      refresh_roof, resolve_device)
 from ..errors import NondeepError
-from ..inference import FORMS, PRECISIONS, check_form, device_info, machine_line, measure_roof, resolve_precision
+from ..inference import (FORMS, PRECISIONS, check_form, device_info, machine_line, measure_roof, requested_pairs,
+                         resolve_precision)
 from ..parallel import NotStreamParallelError, is_stream_parallel_capable
 from ..report import format_table, write_json, write_text
 
@@ -62,13 +63,12 @@ def check_request(forms: Sequence[str], precisions: Sequence[str], device: torch
     """Bad requests fail before any timing: a form the device cannot run, a precision the CPU lacks, streams
     asked for when no model has any (a model without streams among ParNets is skipped, logged)."""
     probe = next((m for m in models if is_stream_parallel_capable(m)), models[0])
-    for form in forms:
-        for precision in precisions:
-            try:
-                check_form(form, device, probe, precision)
-            except NotStreamParallelError as err:
-                raise NotStreamParallelError(f"--forms {form}: none of the models has parallel streams "
-                                             f"({err})") from err
+    for form, precision in requested_pairs(list(forms), list(precisions)):
+        try:
+            check_form(form, device, probe, precision)
+        except NotStreamParallelError as err:
+            raise NotStreamParallelError(f"--forms {form}: none of the models has parallel streams "
+                                         f"({err})") from err
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -23,11 +23,11 @@ from torch import nn
 from .. import measure
 from ..distill import distill
 from ..errors import NondeepError
+from ..hardware import native_cpu_bf16
 from ..models import create_model
 from ..reparam import reparameterize_model
 from ..report import format_table, write_json
 from ..train import TrainConfig, config_from_dict, train
-from ..train.loop import native_cpu_bf16
 from .executor import CPU_WORKERS, EXECUTORS, Failure, StopLab, execute, plan_for
 
 MATCH_TOLERANCE = 0.20  # widths come in steps of 8 channels; a model further than this from its target is refused

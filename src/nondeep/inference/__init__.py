@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .forms import (CPU_FORMS, FORMS, GPU_FORMS, PRECISIONS, TOLERANCE, CudaGraph, FormSpec, Runner, build_runner,
-                    check_form, relative_error, resolve_precision)
+                    check_form, relative_error, requested_pairs, resolve_precision)
 from .optimize import OptimizedModel, available_forms, optimize
 from .roof import Roof, device_info, machine_line, measure_roof
 
@@ -48,6 +48,7 @@ def fastest_candidate(model: nn.Module, label: str, input_size: Sequence[int], d
     return candidate
 
 
-__all__ = ["optimize", "OptimizedModel", "available_forms", "fastest_candidate", "build_runner", "check_form", "resolve_precision",
+__all__ = ["optimize", "OptimizedModel", "available_forms", "fastest_candidate", "build_runner", "requested_pairs",
+           "check_form", "resolve_precision",
            "relative_error", "Runner", "CudaGraph", "FormSpec", "FORMS", "CPU_FORMS", "GPU_FORMS", "PRECISIONS",
            "TOLERANCE", "Roof", "measure_roof", "device_info", "machine_line"]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import NondeepError
+from ..hardware import native_cpu_bf16
 from ..parallel import (DeviceUnavailableError, NotStreamParallelError, StreamParallel, intra_op_threads,
                         is_stream_parallel_capable)
 
@@ -41,6 +42,7 @@ class FormSpec:
     channels_last: bool = False
     streams: bool = False
     graph: bool = False
+    float32_only: bool = False
 
 
 FORMS: dict[str, FormSpec] = {s.name: s for s in (
@@ -48,7 +50,8 @@ FORMS: dict[str, FormSpec] = {s.name: s for s in (
     FormSpec("channels_last", ("cpu", "cuda"), "the fused model, eager, channels_last", channels_last=True),
     FormSpec("compiled", ("cpu", "cuda"), "torch.compile of the fused model (static shapes), channels_last",
              channels_last=True),
-    FormSpec("onnxruntime", ("cpu",), "the fused model exported by nondeep.export, in ONNX Runtime (CPU provider)"),
+    FormSpec("onnxruntime", ("cpu",), "the fused model exported by nondeep.export, in ONNX Runtime (CPU provider)",
+             float32_only=True),
     FormSpec("streams", ("cpu", "cuda"), "nondeep.parallel.StreamParallel of the fused model: its streams on "
              "threads (the intra-op threads split across them) on a CPU, on CUDA streams on a GPU", streams=True),
     FormSpec("graph", ("cuda",), "the fused model, channels_last, replayed from a CUDA graph (static input and "
@@ -95,9 +98,21 @@ def check_form(form: str, device: torch.device, model: nn.Module, precision: str
     if spec.streams and not is_stream_parallel_capable(model):
         raise NotStreamParallelError(f"form {form!r} runs a ParNet's streams side by side, and "
                                      f"{type(model).__name__} has no parallel streams: use another form")
+    if spec.float32_only and precision != "float32":
+        raise NondeepError(f"form {form!r} runs nondeep's float32 export: ask it for float32, or a torch form for "
+                           f"{precision}")
     if device.type == "cpu" and precision != "float32":
-        raise NondeepError(f"precision {precision!r} is for GPUs: the CPU forms run in float32")
+        if precision != "bfloat16" or not native_cpu_bf16():
+            raise NondeepError(f"precision {precision!r} does not run natively on this CPU: use float32 (bfloat16 "
+                               f"needs a CPU with AVX512-BF16 or AMX)")
     return spec
+
+
+def requested_pairs(forms: list[str], precisions: list[str]) -> list[tuple[str, str]]:
+    """The (form, precision) pairs a request asks for: a float32-only form (ONNX Runtime) is asked in float32
+    alone when float32 is among the precisions; without float32 its pairs stay, for check_form to refuse."""
+    return [(f, p) for f in forms for p in precisions
+            if p == "float32" or "float32" not in precisions or not getattr(FORMS.get(f), "float32_only", False)]
 
 
 @contextmanager
@@ -297,4 +312,5 @@ def build_runner(fused: nn.Module, form: str, device: str | torch.device = "cpu"
 
 
 __all__ = ["FORMS", "CPU_FORMS", "GPU_FORMS", "PRECISIONS", "TOLERANCE", "FormSpec", "Runner", "CudaGraph",
-           "ModelVariants", "build_runner", "check_form", "resolve_precision", "precision_flags", "relative_error"]
+           "ModelVariants", "build_runner", "requested_pairs", "check_form", "resolve_precision", "precision_flags",
+           "relative_error"]

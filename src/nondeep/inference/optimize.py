@@ -12,8 +12,8 @@ from ..errors import NondeepError
 from ..parallel import is_stream_parallel_capable
 from ..reparam import reparameterize_model
 from .roof import Roof
-from .forms import (CPU_FORMS, FORMS, GPU_FORMS, TOLERANCE, ModelVariants, Runner, build_runner, check_form,
-                    precision_flags, relative_error, resolve_precision)
+from .forms import (CPU_FORMS, FORMS, GPU_FORMS, TOLERANCE, ModelVariants, Runner, build_runner, requested_pairs,
+                    check_form, precision_flags, relative_error, resolve_precision)
 
 
 class OptimizedModel(nn.Module):
@@ -96,9 +96,8 @@ def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.
     fused = reparameterize_model(model) if fuse else model.eval()
     fused = fused.float().to(device)
     forms = list(forms) if forms is not None else available_forms(device, fused)
-    for form in forms:
-        for precision in precisions:
-            check_form(form, device, fused, precision)  # bad input fails before any work
+    for form, precision in requested_pairs(forms, precisions):
+        check_form(form, device, fused, precision)  # bad input fails before any work
     threads = threads or torch.get_num_threads()
     counts = list(dict.fromkeys(thread_counts or (threads, 1))) if device.type == "cpu" else [threads]
     example = example_input.detach().float()
@@ -110,37 +109,36 @@ def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.
     runners: list[Runner] = []
     errors: list[float] = []
     timings: list[dict[str, Any]] = []
-    for form in forms:
+    for form, precision in requested_pairs(forms, precisions):
         form_counts = [threads] if (FORMS[form].streams or form.startswith("compiled")) else counts
-        for precision in precisions:
-            for count in form_counts:
-                entry = {"form": form, "precision": precision, "threads": count, "tolerance": TOLERANCE[precision]}
-                try:
-                    runner = build_runner(fused, form, device, precision, count, example, variants)
-                    err = relative_error(runner(example), reference)
-                except NondeepError:
-                    raise
-                except Exception as exc:  # a compiler or a capture that fails here: try the others
-                    timings.append({**entry, "status": f"failed: {type(exc).__name__}: {exc}"})
-                    continue
-                entry.update(rel_err=err, build_s=runner.build_s, section=runner.section)
-                if not err <= TOLERANCE[precision]:
-                    status = f"rejected: relative error {err:.3g} > {TOLERANCE[precision]:g}"
-                    timings.append({**entry, "status": status})
-                    runner.close()
-                    continue
-                runners.append(runner)
-                errors.append(err)
-                timings.append(entry)
+        for count in form_counts:
+            entry = {"form": form, "precision": precision, "threads": count, "tolerance": TOLERANCE[precision]}
+            try:
+                runner = build_runner(fused, form, device, precision, count, example, variants)
+                err = relative_error(runner(example), reference)
+            except NondeepError:
+                raise
+            except Exception as exc:  # a compiler or a capture that fails here: try the others
+                timings.append({**entry, "status": f"failed: {type(exc).__name__}: {exc}"})
+                continue
+            entry.update(rel_err=err, build_s=runner.build_s, section=runner.section)
+            if not err <= TOLERANCE[precision]:
+                status = f"rejected: relative error {err:.3g} > {TOLERANCE[precision]:g}"
+                timings.append({**entry, "status": status})
+                runner.close()
+                continue
+            runners.append(runner)
+            errors.append(err)
+            timings.append(entry)
     if not runners:
         raise NondeepError(f"no inference form of {label or type(model).__name__} ran correctly on {device}: "
                            + "; ".join(f"{t['form']}: {t['status']}" for t in timings))
     size = tuple(example.shape[1:])
     flops, params = measure.count_flops(fused, size), measure.count_params(fused)
     name = label or type(model).__name__
-    candidates = [runner_candidate(r, name, size, flops, params) for r in runners]
+    to_time = [runner_candidate(r, name, size, flops, params) for r in runners]
     inputs = [r.prepare(x) for r in runners]
-    rows = time_candidates(candidates, example.shape[0], repeats, warmup, threads, device, roof=roof, inputs=inputs)
+    rows = time_candidates(to_time, example.shape[0], repeats, warmup, threads, device, roof=roof, inputs=inputs)
     timed = [t for t in timings if "status" not in t]
     for entry, row in zip(timed, rows):
         entry.update(status="timed", median_ms=row["infer_step_time"], p10_ms=row["infer_step_time_p10"],

@@ -27,6 +27,7 @@ from .. import measure
 from ..checkpoint import load_training_state, save_checkpoint
 from ..data import Augment, DataInfo, build_loaders, build_test_loader
 from ..errors import NondeepError
+from ..hardware import native_cpu_bf16
 from ..report import remove_stale_temp_files, write_json, write_text
 from ..reparam import reparameterize_model
 from ..runlock import RunLock, check_folder_is_ours
@@ -54,18 +55,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates it."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 def training_autocast(cfg: TrainConfig, device: torch.device) -> Any:
     """The step's mixed precision: bf16 on CUDA (cfg.amp) or on a CPU with native bf16 (cfg.cpu_bf16); the
     loss is taken in float32 and the weights stay float32 (no loss scaling: bf16 has float32's range)."""
     if device.type == "cuda" and cfg.amp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if device.type == "cpu" and cfg.cpu_bf16:
-        if not native_cpu_bf16():  # emulated bf16 buys no speed: refuse rather than change the numerics for nothing
+        if not native_cpu_bf16():
             raise NondeepError("--cpu-bf16: this CPU has no native bf16 (AVX512-BF16 or AMX): drop --cpu-bf16")
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
