@@ -155,6 +155,8 @@ def main() -> None:
                         help="default: every variant the device runs (bf16 ones on a CPU with native bf16)")
     parser.add_argument("--out", default="docs/results")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1 (3 or more for an interval), got {args.rounds}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     bf16_runs = device.type == "cpu" and native_cpu_bf16()
@@ -164,6 +166,9 @@ def main() -> None:
                      "steps in bf16 already: drop them")
     bare_loops = list(dict.fromkeys(bare_loop_of(v) for v in ["default", *variants]))
     rates: dict[str, list[float]] = {**{b: [] for b in bare_loops}, **{v: [] for v in variants}}
+    meta = {**machine(), "device": str(device), "threads": args.threads, "model": args.model,
+            "batch_size": args.batch_size, "samples": args.samples, "epochs": args.epochs, "rounds": 0,
+            "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     for r in range(args.rounds):
         for bare in bare_loops:
             rates[bare].append(bare_loop_images_per_sec(args.model, args.samples, args.batch_size, args.epochs, r,
@@ -172,18 +177,19 @@ def main() -> None:
             rates[name].append(trainer_images_per_sec(args.model, args.samples, args.batch_size, args.epochs, r,
                                                       args.device, VARIANTS[name]))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()) + " img/s", flush=True)
-    meta = {**machine(), "device": str(device), "threads": args.threads, "model": args.model,
-            "batch_size": args.batch_size, "samples": args.samples, "epochs": args.epochs, "rounds": args.rounds,
-            "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-    print(write_report(rates, meta, Path(args.out)))
+        meta["rounds"] = r + 1
+        verdict = write_report(rates, meta, Path(args.out))  # after every round: a run cut short keeps its rounds
+    print(verdict)
 
 
 def write_report(rates: dict[str, list[float]], meta: dict[str, Any], out: Path) -> str:
-    """train_throughput.json (the rates of every round, the rows, the verdict) and its markdown; returns the verdict."""
+    """train_throughput.json (the rates of every round, the rows, the verdict) and its markdown, named
+    train_throughput-gpu.* for a GPU run (the CPU's report stays beside it); returns the verdict."""
     rows, verdict = speedup_rows(rates), target_verdict(rates)
-    write_json(out / "train_throughput.json", {"meta": meta, "rows": rows, "rates": rates, "verdict": verdict})
+    name = "train_throughput-gpu" if meta["device"].startswith("cuda") else "train_throughput"
+    write_json(out / f"{name}.json", {"meta": meta, "rows": rows, "rates": rates, "verdict": verdict})
     gpu = f" ({meta['gpu_name']})" if meta["gpu_name"] else ""
-    write_text(out / "train_throughput.md", header("Training throughput", meta) +
+    write_text(out / f"{name}.md", header("Training throughput", meta) +
                f"- device {meta['device']}{gpu}, {meta['threads']} threads, {meta['model']}, batch "
                f"{meta['batch_size']}, {meta['samples']} images an epoch, last of {meta['epochs']} epochs measured, "
                f"{meta['rounds']} alternated rounds: images/s is the median of the rounds, a speed-up the mean of "

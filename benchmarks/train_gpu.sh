@@ -2,7 +2,8 @@
 # One go on a GPU machine for issue 14 (prepared for an H200; ~8 min): the CUDA training tests, the trainer's
 # throughput in each speed option against a bare loop (docs/results/train_throughput.*), then the speedrun at a
 # cut budget (schedule chosen on validation from 8 12 16 epochs with 1 tuning seed, 5 measured seeds;
-# docs/results/speedrun.*). Fashion-MNIST must be where NONDEEP_DATA points.
+# docs/results/speedrun.*, and speedrun-runs.tgz: its runs without checkpoints). Tried on a CPU (DEVICE=cpu
+# ..., 2026-11-30): every step runs and writes its files. Fashion-MNIST must be where NONDEEP_DATA points.
 #
 #   OUT=$OUT NONDEEP_DATA=fmnist bash benchmarks/train_gpu.sh
 #
@@ -21,11 +22,15 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 timeout 120 $PY -m pytest -x -q -rs tests/test_step.py tests/test_ema.py -k "cuda or gpu or ema" \
     > "$OUT/train-gpu-tests.txt" 2>&1
 echo "CUDA training tests exit $?" | tee -a "$OUT/train-gpu-tests.txt"
+# The report is written after every round: a timeout keeps the rounds that finished.
 timeout "${TP_TIMEOUT:-200}" $PY benchmarks/bench_train_throughput.py --device "$DEVICE" --samples "${SAMPLES:-32768}" \
-    --epochs 2 --rounds 2 --variants default channels_last compile compile-reduce-overhead --out "$OUT"
+    --epochs 2 --rounds 3 --variants default channels_last compile-reduce-overhead --out "$OUT"
 echo "throughput exit $?"
 # shellcheck disable=SC2086  # GRID is a list of epoch counts
 timeout "${SPEEDRUN_TIMEOUT:-300}" $PY -m nondeep.cli speedrun --device "$DEVICE" --epoch-grid ${GRID:-8 12 16} \
     --tune-seeds 1 --seeds "${SEEDS:-5}" ${SAMPLES:+--max-train-samples $SAMPLES} --out "runs/speedrun-$DEVICE" \
     --results "$OUT" --no-progress
 echo "speedrun exit $?"
+# Its runs' JSON, CSV and YAML (no checkpoints), even when cut short: `nondeep speedrun --out` on this folder
+# elsewhere reuses every finished run and writes the report.
+tar czf "$OUT/speedrun-runs.tgz" --exclude='*.safetensors' -C runs "speedrun-$DEVICE" && echo "speedrun runs kept"

@@ -1,6 +1,8 @@
 """benchmarks/bench_train_throughput.py's arithmetic: speed-ups are paired by round and carry an interval, and
 the target verdict follows the intervals (met, not met, undecided), never a single median."""
 
+import json
+
 import pytest
 
 from conftest import load_script
@@ -54,6 +56,9 @@ def test_the_report_names_its_command_and_a_later_rendering(tmp_path):
                                                           "cpu_simd": "avx2 amx_bf16"}, tmp_path)
     assert "- rendered: later, from the JSON\n" in (tmp_path / "train_throughput.md").read_text()
     assert "- machine: cpu (avx2 amx_bf16), 2 cores, GPU: none\n" in (tmp_path / "train_throughput.md").read_text()
+    script.write_report(_rates([140.0, 170.0, 155.0]), {**meta, "device": "cuda:0", "gpu_name": "H200"}, tmp_path)
+    assert "device cuda:0 (H200)" in (tmp_path / "train_throughput-gpu.md").read_text()  # the CPU's report kept
+    assert json.loads((tmp_path / "train_throughput-gpu.json").read_text())["meta"]["gpu_name"] == "H200"
 
 
 def test_a_cpu_bf16_variant_is_held_against_the_bare_loop_of_its_precision():
@@ -77,3 +82,22 @@ def test_bf16_variants_are_refused_where_the_cpu_has_no_native_bf16(monkeypatch,
         script.main()
     assert exit_.value.code == 2
     assert "the bf16 variants need a CPU with native bf16 (AVX512-BF16 or AMX)" in capsys.readouterr().err
+
+
+def test_each_round_is_written_as_it_ends_so_a_run_cut_short_keeps_its_rounds(tmp_path, monkeypatch):
+    monkeypatch.setattr(script, "bare_loop_images_per_sec", lambda *args, **kwargs: 100.0)
+
+    def trainer(model, samples, batch_size, epochs, seed, device, options):
+        if seed == 1:  # the second round is cut short (a timeout, a crash)
+            raise KeyboardInterrupt
+        return 130.0 if options else 100.0
+
+    monkeypatch.setattr(script, "trainer_images_per_sec", trainer)
+    monkeypatch.setattr("sys.argv", ["bench_train_throughput.py", "--variants", "default", "compile", "--rounds", "3",
+                                     "--out", str(tmp_path)])
+    with pytest.raises(KeyboardInterrupt):
+        script.main()
+    report = json.loads((tmp_path / "train_throughput.json").read_text())
+    assert report["meta"]["rounds"] == 1 and report["rates"] == {"bare loop": [100.0], "default": [100.0],
+                                                                 "compile": [130.0]}
+    assert report["verdict"].endswith("one round, no interval: run more rounds.")
