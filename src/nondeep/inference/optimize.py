@@ -76,7 +76,8 @@ def optimize(model: nn.Module, example_input: torch.Tensor, device: str | torch.
     model: trained or not; fused with nondeep.reparameterize_model (a copy) unless `fuse` is False.
     example_input: the shape to optimise for (batch size included); float32.
     device: default the example's. dtype: the precisions to try (None: float32 on a CPU; float32 and float16 on
-        a GPU; or "float32" / "tf32" / "float16" / "bfloat16" / a torch dtype / a list of them).
+        a GPU; or "float32" / "tf32" / "float16" / "bfloat16" / a torch dtype / a list of them; a CPU runs
+        bfloat16 where it has native bf16, in the torch forms: ONNX Runtime is tried in float32 alone).
     forms: which forms to try (nondeep.inference.FORMS; default every form the device and model can run).
         Asking for a GPU form on a CPU, or a streams form of a model without streams, is a NondeepError.
     threads: CPU intra-op threads (default torch's current count); `thread_counts`: the counts to try for the
