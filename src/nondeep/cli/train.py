@@ -25,6 +25,8 @@ _SHORT_HELP = {
                   "(default: the images' own)",
     "in_chans": "ImageFolder trees: 1 (grey) or 3 (colour) (default: as the images are)",
     "batch_size": "images a step; lowered (with the lr) when a step would not fit in memory",
+    "cpu_bf16": "train in bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX; refused elsewhere): "
+                "docs/results/cpu_bf16.md measures its accuracy, train_throughput.md its speed",
 }
 
 
