@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -53,7 +53,18 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _results(info: dict[str, Any], roof: Any, rows: list[dict[str, Any]], failures: list[dict[str, Any]],
+             args: argparse.Namespace, start: float, models_done: int, models: int) -> dict[str, Any]:
+    meta = {**info, "loadavg_after": list(os.getloadavg()), "elapsed_s": time.time() - start,
+            "models_done": models_done, "models": models}
+    return {"meta": meta, "roof": roof.as_dict(), "rows": rows, "failures": failures, "tolerance": TOLERANCE,
+            "args": vars(args)}
+
+
+def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] = lambda results: None
+        ) -> dict[str, Any]:
+    """Every suite's rows, the roof measured before and after; `progress` gets the results so far after each
+    model (its roof the one measured at the start), so a run cut short keeps what it measured."""
     device = torch.device(args.device)
     kind = device.type
     torch.set_num_threads(args.threads)
@@ -73,15 +84,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 warmup=args.warmup, forms=forms, precisions=PRECISIONS[kind],
                                 thread_counts=sorted({args.threads, 1}, reverse=True), roof=roof,
                                 failures=failures, in_chans=size[0])
+        progress(_results(info, roof, rows, failures, args, start, suites.index((name, size)) + 1, len(suites)))
     # Measured again after: the roof is the highest rate seen on the device in the run.
     roof = roof.merge(measure_roof(device, tuple(PRECISIONS[kind]), args.threads, onnxruntime=kind == "cpu"))
     refresh_roof(rows, roof)
     for row in rows:
         check_row(row)  # a roof fraction above 1 stops the run, nothing written: the roof would not be a roof
-    info["loadavg_after"] = list(os.getloadavg())
-    info["elapsed_s"] = time.time() - start
-    return {"meta": info, "roof": roof.as_dict(), "rows": rows, "failures": failures,
-            "tolerance": TOLERANCE, "args": vars(args)}
+    return _results(info, roof, rows, failures, args, start, len(suites), len(suites))
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -188,6 +197,9 @@ def markdown(results: dict[str, Any]) -> str:
              f"- machine: {gpu}{meta['cpu_model']}, {meta['cpus']} CPUs; flags: {meta['cpu_flags'] or 'n/a'}",
              f"- torch {meta['torch_version']}, {meta['platform']}, date {meta['date']}; the run took "
              f"{meta['elapsed_s'] / 60:.1f} min",
+             *([f"- **partial**: the run stopped after {meta['models_done']} of {meta['models']} models; its roof "
+                "is the one measured at the start and its rows were not checked against a final one"]
+               if meta.get("models_done", meta.get("models")) != meta.get("models") else []),
              f"- load average (1, 5, 15 min) at the start {', '.join(f'{v:.2f}' for v in meta['loadavg'])}, at the "
              f"end {', '.join(f'{v:.2f}' for v in meta['loadavg_after'])} (the machine is shared; each row records "
              "its section's 1-min load before and after)",
@@ -251,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         args.compile_models = ["parnet_s"] if kind == "cuda" else ["parnet_s", "parnet_tiny", "preact_resnet_20"]
     args.repeats = args.repeats or (60 if kind == "cuda" else 30)
     torch.manual_seed(0)
-    results = run(args)
+    partial = out / f"{stem}-partial.json"  # after each model: what a run cut short (a timeout) measured
+    results = run(args, progress=lambda so_far: write_json(partial, so_far))
     write_json(out / f"{stem}.json", results)
     write_text(out / f"{stem}.md", markdown(results))
+    partial.unlink(missing_ok=True)
     log(f"wrote {out / stem}.json and .md")
     return 0
 
