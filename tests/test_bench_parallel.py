@@ -158,6 +158,7 @@ def test_cli_bench_writes_json_md_and_plot(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "roof_fraction" in printed and "| parnet_tiny" in printed
     assert "test_accuracy" in md.read_text() and plot.stat().st_size > 1000
+    assert f"\n- date: {rows[0]['date']}\n" in md.read_text()  # where and when: provenance of every number
 
 
 def test_cli_bench_unknown_model_is_one_line_exit_2(capsys):

@@ -121,7 +121,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.md:
         command = (" ".join(["nondeep", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"]
                    else f"nondeep bench {' '.join(args.models)} (called from Python)")
-        write_text(args.md, f"# nondeep bench\n\n- command: `{command}`\n- {note}\n\n{table}\n")
+        write_text(args.md, f"# nondeep bench\n\n- command: `{command}`\n- date: {rows[0]['date']}\n- {note}\n\n"
+                            f"{table}\n")
     if accuracies:
         plot = args.plot or _default_plot_path(args)
         if plot_latency_vs_accuracy(rows, accuracies, plot, title="latency vs accuracy"):
