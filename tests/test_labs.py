@@ -297,6 +297,9 @@ def test_the_readme_table_is_generated_from_the_reports(tmp_path, capsys):
               "comparisons": [{"verdict": "a vs b: no detectable difference at this budget"}]}
     (tmp_path / "blocks.json").write_text(json.dumps(report))
     (tmp_path / "latency.json").write_text(json.dumps({"rows": []}))  # not a lab report: skipped
+    benchmark = {**report, "meta": {**report["meta"], "lab": "time_to_accuracy", "command": "python benchmarks/x.py"},
+                 "rows": [{"model": "a", "minutes_to_target": 2.0}]}  # the labs' format, a benchmark's rows: skipped
+    (tmp_path / "time_to_accuracy.json").write_text(json.dumps(benchmark))
     assert main(["lab", "summary", str(tmp_path)]) == 0
     table = capsys.readouterr().out.strip().splitlines()
     # a report without latency_form was timed before labs chose the fastest form: fused eager

@@ -1,7 +1,8 @@
 """`nondeep lab summary DIR`: README's lab table, generated from the lab reports (<lab>.json) in a results folder:
 per lab its command, budget, machine and date, each model's mean test accuracy with its 95% interval, and the
 verdicts the lab computed (first, where a lab ranks its models per compute level, the most accurate of each).
-Only reports written with seeds (a `comparisons` list) are read."""
+Only the reports of `nondeep lab` commands written with seeds (a `comparisons` list) are read: benchmarks that
+share the format (time to accuracy, bench_cpu_bf16.py) have their own sections."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def lab_reports(folder: str | Path) -> list[dict[str, Any]]:
     reports = []
     for path in sorted(folder.glob("*.json")):
         report = json.loads(path.read_text())
-        if isinstance(report, dict) and "comparisons" in report and "rows" in report and "lab" in report.get("meta", {}):
+        meta = report.get("meta", {}) if isinstance(report, dict) else {}
+        if ("comparisons" in report and "rows" in report and "lab" in meta
+                and str(meta.get("command", "")).startswith("nondeep lab ")):
             reports.append({**report, "file": path.name})
     return reports
 
