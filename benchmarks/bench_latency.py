@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] = l
     failures: list[dict[str, Any]] = []
     suites = [(m, (3, 224, 224)) for m in args.models_224] + [(m, (1, 28, 28)) for m in args.models_28]
     start = time.time()
-    for name, size in suites:
+    for done, (name, size) in enumerate(suites, start=1):
         forms = FORMS[kind] + ([COMPILE_FORM[kind]] if name in args.compile_models else [])
         log(f"{name} at {'x'.join(map(str, size))}: {', '.join(forms)}")
         rows += benchmark_model(name, size, args.batch_sizes or BATCHES[kind], args.threads, device,
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] = l
                                 warmup=args.warmup, forms=forms, precisions=PRECISIONS[kind],
                                 thread_counts=sorted({args.threads, 1}, reverse=True), roof=roof,
                                 failures=failures, in_chans=size[0])
-        progress(_results(info, roof, rows, failures, args, start, suites.index((name, size)) + 1, len(suites)))
+        progress(_results(info, roof, rows, failures, args, start, done, len(suites)))
     # Measured again after: the roof is the highest rate seen on the device in the run.
     roof = roof.merge(measure_roof(device, tuple(PRECISIONS[kind]), args.threads, onnxruntime=kind == "cpu"))
     refresh_roof(rows, roof)
