@@ -24,12 +24,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-train-samples", type=int, default=0, help="0 = all")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="train in bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX)")
     parser.add_argument("--data-dir")
     parser.add_argument("--runs", default="runs/time_to_accuracy", help="run folders; finished runs are reused")
     parser.add_argument("--out", help="also copy time_to_accuracy.json/.md here (e.g. docs/results)")
     args = parser.parse_args()
     budget = Budget(seeds=args.seeds, max_train_samples=args.max_train_samples or None, threads=args.threads,
-                    device=args.device, data_dir=args.data_dir, progress=False)
+                    device=args.device, data_dir=args.data_dir, progress=False, cpu_bf16=args.cpu_bf16)
     run_time_to_accuracy(args.runs, args.models, args.target, args.epoch_grid, budget, args.out,
                          command=["python", *sys.argv])
 

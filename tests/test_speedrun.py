@@ -34,8 +34,9 @@ def summary_of(run: dict) -> dict:
 
 
 def test_a_reachable_target_takes_the_shortest_schedule_and_measures_every_seed(tiny_fashion, tmp_path):
-    report = speedrun(tmp_path, tiny_fashion, "--target", "1", "--margin", "0", "--seeds", "2", "--tune-seeds", "1")
-    assert [t["epochs"] for t in report["tuning"]] == [1] and report["chosen_reached_bar"]
+    report = speedrun(tmp_path, tiny_fashion, "--target", "1", "--margin", "0", "--epoch-grid", "1", "2", "--seeds", "2",
+                      "--tune-seeds", "1")
+    assert [t["epochs"] for t in report["tuning"]] == [1] and report["chosen_reached_bar"]  # 2 epochs: not needed
     assert report["tuning"][0]["seeds"] == [TUNING_SEED_OFFSET]  # not a measured seed
     assert [r["seed"] for r in report["runs"]] == [0, 1] and {r["epochs"] for r in report["runs"]} == {1}
     for run in report["runs"]:
@@ -68,6 +69,20 @@ def test_an_unreachable_target_measures_the_longest_schedule_and_says_so(tiny_fa
     assert "NO epoch count of the grid reached 100.5%" in (tmp_path / "sr" / "speedrun.md").read_text()
 
 
+def test_one_epoch_count_is_measured_as_given_without_tuning_runs(tiny_fashion, tmp_path, monkeypatch):
+    monkeypatch.setattr("nondeep.experiments._lab.native_cpu_bf16", lambda: True)
+    monkeypatch.setattr("nondeep.train.loop.native_cpu_bf16", lambda: True)  # emulated bf16: same numbers, slower
+    monkeypatch.setattr("torch.compile", lambda model, **_: model)  # the flag is under test here, not inductor
+    report = speedrun(tmp_path, tiny_fashion, "--target", "1", "--seeds", "2", "--cpu-bf16", "--compile")
+    assert report["tuning"] == [] and report["chosen_epochs"] == 1 and report["chosen_reached_bar"] is None
+    assert sorted(p.name for p in (tmp_path / "sr").glob("*/seed*")) == ["seed0", "seed1"]  # no tuning seeds
+    for run in report["runs"]:
+        config = summary_of(run)["config"]
+        assert config["cpu_bf16"] and config["compile"] and config["tta_flip"]  # speed options and recipe, both
+    assert report["meta"]["command"].endswith("--cpu-bf16 --compile")
+    assert "one epoch count, 1, measured as given (not chosen on validation)" in (tmp_path / "sr" / "speedrun.md").read_text()
+
+
 def test_choose_epochs_takes_the_first_that_reaches_the_bar():
     tuning = [{"epochs": 4, "val_accuracy": 93.0}, {"epochs": 8, "val_accuracy": 94.6},
               {"epochs": 16, "val_accuracy": 95.0}]
@@ -94,4 +109,14 @@ def test_bad_options_are_one_line_and_train_nothing(tiny_fashion, tmp_path, caps
     code = main(["speedrun", "--data-dir", str(tiny_fashion), "--out", str(out), "--no-progress", *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cpu_bf16_on_a_cpu_without_native_bf16_is_one_line(tiny_fashion, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("nondeep.experiments._lab.native_cpu_bf16", lambda: False)
+    out = tmp_path / "sr"
+    code = main(["speedrun", "--data-dir", str(tiny_fashion), "--out", str(out), "--no-progress", "--device", "cpu",
+                 "--cpu-bf16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--cpu-bf16 needs CPU runs on a CPU with native bf16" in err and len(err.splitlines()) == 1
     assert not out.exists()

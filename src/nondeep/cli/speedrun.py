@@ -14,7 +14,8 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
     images = QUICK["max_train_samples"] if args.quick else args.max_train_samples or None
     grid = args.epoch_grid or ([1] if args.quick else list(DEFAULT_GRID))
     budget = Budget(epochs=1, max_train_samples=images, seeds=args.seeds, seed=args.seed, val_split=args.val_split,
-                    data_dir=args.data_dir, threads=args.threads, device=args.device, progress=args.progress)
+                    data_dir=args.data_dir, threads=args.threads, device=args.device, progress=args.progress,
+                    cpu_bf16=args.cpu_bf16)
     time_target = args.time_target if args.time_target is not None else (GPU_TIME_TARGET if on_gpu(args.device)
                                                                           else None)
     command = ["nondeep", NAME, *(["--config", args.config] if args.config else []), "--target", f"{args.target:g}",
@@ -23,10 +24,11 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
                *(["--max-train-samples", str(images)] if images else []),
                *(["--time-target", f"{time_target:g}"] if time_target is not None else []),
                *(["--device", args.device] if args.device != "auto" else []),
-               *(["--threads", str(args.threads)] if args.threads else [])]
+               *(["--threads", str(args.threads)] if args.threads else []),
+               *(["--cpu-bf16"] if args.cpu_bf16 else []), *(["--compile"] if args.compile else [])]
     run_speedrun(lab_folder(args.out, NAME), config, target=args.target, epoch_grid=grid, margin=args.margin,
                  tune_seeds=args.tune_seeds, time_target=time_target, budget=budget, results=args.results,
-                 command=command)
+                 command=command, compile=args.compile)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="smoke test: 1000 images, epoch grid 1")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch threads on a CPU (default: torch's choice)")
+    p.add_argument("--cpu-bf16", action="store_true", help="on a CPU with native bf16 (AVX512-BF16 or AMX), train "
+                                                           "in bf16 autocast (docs/results/cpu_bf16.md)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (its compilation is "
+                                                          "timed, in the first epoch)")
     p.add_argument("--data-dir")
     p.add_argument("--out", help="run folder (default runs/lab-speedrun-<date>); finished runs are reused")
     p.add_argument("--results", help="also write speedrun.json/.md here (e.g. docs/results)")

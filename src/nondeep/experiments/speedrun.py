@@ -74,10 +74,11 @@ def choose_epochs(tuning: Sequence[dict[str, Any]], bar: float) -> tuple[int, bo
 def run_speedrun(folder: str | Path, config: TrainConfig | None = None, target: float = 94.0,
                  epoch_grid: Sequence[int] = DEFAULT_GRID, margin: float = 0.5, tune_seeds: int = 2,
                  time_target: float | None = None, budget: Budget | None = None, results: str | None = None,
-                 command: Sequence[str] = ("nondeep", NAME)) -> dict[str, Any]:
-    """Choose the recipe's epoch count on validation, then train it with budget.seeds seeds and report accuracy
-    and training seconds (mean, spread, 95% interval) against the targets; writes speedrun.json/.md to `folder`
-    (and to `results`). Finished runs in `folder` are reused."""
+                 command: Sequence[str] = ("nondeep", NAME), compile: bool = False) -> dict[str, Any]:
+    """Choose the recipe's epoch count on validation (a grid of one count is taken as given), then train it with
+    budget.seeds seeds and report accuracy and training seconds (mean, spread, 95% interval) against the targets;
+    writes speedrun.json/.md to `folder` (and to `results`). Finished runs in `folder` are reused. `compile`:
+    torch.compile the step (speed only: runs with and without it are the same experiment)."""
     budget = budget or Budget(seeds=10, max_train_samples=None)
     grid = sorted(set(int(e) for e in epoch_grid))
     if not grid or grid[0] < 1:
@@ -88,13 +89,13 @@ def run_speedrun(folder: str | Path, config: TrainConfig | None = None, target: 
         raise LabError(f"--tune-seeds must be at least 1, got {tune_seeds}")
     if not 0 < target <= 100:
         raise LabError(f"--target is a test accuracy in percent, in (0, 100], got {target}")
-    recipe = _recipe_fields(config)
+    recipe = {**_recipe_fields(config), **({"compile": True} if compile else {})}
     model, model_kwargs = recipe.pop("model"), recipe.pop("model_kwargs", {})
     depth = check_depth(model, model_kwargs)
     folder, started = Path(folder), time.perf_counter()
 
     tuning = []
-    for epochs in grid:
+    for epochs in grid if len(grid) > 1 else ():  # one epoch count given: nothing to choose, no tuning runs
         runs = [_train(folder, model, model_kwargs, budget, seed, epochs, recipe)
                 for seed in range(budget.seed + TUNING_SEED_OFFSET, budget.seed + TUNING_SEED_OFFSET + tune_seeds)]
         tuning.append({"epochs": epochs, "seeds": [r["seed"] for r in runs],
@@ -102,7 +103,7 @@ def run_speedrun(folder: str | Path, config: TrainConfig | None = None, target: 
                        "val_accuracies": [r["val_accuracy"] for r in runs]})
         if tuning[-1]["val_accuracy"] >= target + margin:
             break  # longer schedules are not needed: the shortest that reaches the bar is chosen
-    chosen, reached = choose_epochs(tuning, target + margin)
+    chosen, reached = choose_epochs(tuning, target + margin) if tuning else (grid[0], None)
 
     measured = [_train(folder, model, model_kwargs, budget, seed, chosen, recipe) for seed in budget.seed_list]
     accuracy = estimate([r["test_accuracy"] for r in measured])
@@ -154,6 +155,9 @@ def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
               "longest was measured")
     tuning = [{"epochs": t["epochs"], "seeds": " ".join(map(str, t["seeds"])), "mean_val_accuracy": t["val_accuracy"]}
               for t in report["tuning"]]
+    schedule = ([format_table(tuning, ["epochs", "seeds", "mean_val_accuracy"]), "", f"Chosen: {chosen}."]
+                if tuning else [f"None: the grid held one epoch count, {report['chosen_epochs']}, measured as given "
+                                "(not chosen on validation)."])
     runs = [{k: r[k] for k in ("seed", "epochs", "steps", "train_images", "train_seconds", "first_epoch_seconds",
                                 "test_accuracy", "val_accuracy")} for r in report["runs"]]
     markdown = "\n".join([
@@ -162,8 +166,7 @@ def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
         f"- machine: {describe_machine(meta['machine'])}; device {report['runs'][0]['device']}",
         f"- date: {meta['date']}; the whole speedrun (tuning, measuring, evaluations) took "
         f"{meta['total_seconds'] / 60:.1f} min", "",
-        "## Schedule chosen on validation", "", format_table(tuning, ["epochs", "seeds", "mean_val_accuracy"]), "",
-        f"Chosen: {chosen}.", "",
+        "## Schedule chosen on validation", "", *schedule, "",
         f"## Measured: {len(runs)} seeds", "", format_table(runs, list(runs[0])), "",
         _spread("test accuracy (%)", acc, [r["test_accuracy"] for r in runs]),
         _spread("training seconds", sec, [r["train_seconds"] for r in runs]), "",
