@@ -57,6 +57,8 @@ def test_a_reachable_target_takes_the_shortest_schedule_and_measures_every_seed(
     assert report["verdicts"][0].startswith("MET: mean test accuracy") and len(report["verdicts"]) == 1
     markdown = (tmp_path / "results" / "speedrun.md").read_text()
     assert "nondeep speedrun --config" in markdown and "Chosen: 1 epochs, the shortest" in markdown
+    assert "--epoch-grid 1 2 --margin 0 --tune-seeds 1" in report["meta"]["command"]
+    assert "- recipe: mimic_snn_1k, TrainConfig's defaults except batch_size 64, optimizer adamw, lr 0.003" in markdown
 
 
 def test_an_unreachable_target_measures_the_longest_schedule_and_says_so(tiny_fashion, tmp_path):
@@ -79,7 +81,9 @@ def test_one_epoch_count_is_measured_as_given_without_tuning_runs(tiny_fashion, 
     for run in report["runs"]:
         config = summary_of(run)["config"]
         assert config["cpu_bf16"] and config["compile"] and config["tta_flip"]  # speed options and recipe, both
-    assert report["meta"]["command"].endswith("--cpu-bf16 --compile")
+    command = report["meta"]["command"]
+    assert "--cpu-bf16 --compile" in command and f"--data-dir {tiny_fashion}" in command
+    assert "--tune-seeds" not in command  # nothing was tuned: the command does not claim a tuning budget
     assert "one epoch count, 1, measured as given (not chosen on validation)" in (tmp_path / "sr" / "speedrun.md").read_text()
 
 

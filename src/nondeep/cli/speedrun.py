@@ -19,13 +19,15 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
     time_target = args.time_target if args.time_target is not None else (GPU_TIME_TARGET if on_gpu(args.device)
                                                                           else None)
     command = ["nondeep", NAME, *(["--config", args.config] if args.config else []), "--target", f"{args.target:g}",
-               "--epoch-grid", *map(str, grid), "--margin", f"{args.margin:g}", "--tune-seeds", str(args.tune_seeds),
+               "--epoch-grid", *map(str, grid), "--margin", f"{args.margin:g}",
+               *(["--tune-seeds", str(args.tune_seeds)] if len(set(grid)) > 1 else []),  # one count: no tuning
                "--seeds", str(args.seeds), "--seed", str(args.seed), "--val-split", f"{args.val_split:g}",
                *(["--max-train-samples", str(images)] if images else []),
                *(["--time-target", f"{time_target:g}"] if time_target is not None else []),
                *(["--device", args.device] if args.device != "auto" else []),
                *(["--threads", str(args.threads)] if args.threads else []),
-               *(["--cpu-bf16"] if args.cpu_bf16 else []), *(["--compile"] if args.compile else [])]
+               *(["--cpu-bf16"] if args.cpu_bf16 else []), *(["--compile"] if args.compile else []),
+               *(["--data-dir", args.data_dir] if args.data_dir else [])]
     run_speedrun(lab_folder(args.out, NAME), config, target=args.target, epoch_grid=grid, margin=args.margin,
                  tune_seeds=args.tune_seeds, time_target=time_target, budget=budget, results=args.results,
                  command=command, compile=args.compile)

@@ -147,7 +147,9 @@ def _interval(e: Any, unit: str) -> str:
 
 def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
     meta, acc, sec = report["meta"], report["test_accuracy"], report["train_seconds"]
-    recipe = ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
+    changed = ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
+    kwargs = f" {meta['model_kwargs']}" if meta["model_kwargs"] else ""
+    recipe = f"{meta['model']}{kwargs}, TrainConfig's defaults" + (f" except {changed}" if changed else "")
     bar = meta["target"] + meta["margin"]
     chosen = (f"{report['chosen_epochs']} epochs, the shortest of the grid whose mean validation accuracy reached "
               f"{bar:g}%" if report["chosen_reached_bar"] else

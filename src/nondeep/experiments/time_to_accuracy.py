@@ -94,13 +94,22 @@ def _time_verdict(c: dict[str, Any]) -> str:
     return f"{s.a} slower to target than {s.b} by {s.diff:.2f} min (95% CI [{s.low:+.2f}, {s.high:+.2f}] min)"
 
 
+def _budget_text(meta: dict[str, Any]) -> str:
+    """The two phases' budgets (Budget.describe would state its unused `epochs` and a split the measuring lacks)."""
+    images = meta["max_train_samples"] or "all"
+    precision = " in bf16 autocast (CPU)" if meta["cpu_bf16"] else ""
+    return (f"{images} training images per run{precision}; tuning: epoch counts {meta['epoch_grid']}, seed "
+            f"{meta['seed']}, {meta['val_split']:.0%} of the images held out for validation; measuring: each model "
+            f"at its chosen epoch count on all {images} images, seeds {meta['seed_list']}")
+
+
 def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
     meta, rows = report["meta"], report["rows"]
     columns = ["model", "params", "depth", "mflops", "epochs_chosen_on_val", "seeds_reaching_target",
                "minutes_to_target", "ci95", "final_test_accuracy"]
     unreached = [r["model"] for r in rows if not r["all_reached"]]
     markdown = (f"# Time to {meta['target']}% test accuracy\n\n- command: `{meta['command']}`\n"
-                f"- budget: {meta['budget_text']}; epoch counts tried on validation: {meta['epoch_grid']}\n"
+                f"- budget: {_budget_text(meta)}\n"
                 f"- machine: {describe_machine(meta['machine'])}\n- date: {meta['date']}; took "
                 f"{meta['total_seconds'] / 60:.1f} min\n\n{format_table(rows, columns)}\n\n"
                 "minutes_to_target: training minutes (evaluation excluded) until the test accuracy measured after an "
