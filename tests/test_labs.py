@@ -270,8 +270,9 @@ def test_time_to_accuracy_tunes_on_validation_and_times_on_test(tiny_fashion, tm
     assert (comparison["a"], comparison["b"]) == ("preact_resnet_20", "mimic_snn_1k")
     assert "time to target" in comparison["verdict"] or "slower to target than" in comparison["verdict"]
     markdown = (tmp_path / "tta" / "time_to_accuracy.md").read_text()
-    assert ("- budget: 64 training images per run; tuning: epoch counts [1, 2], seed 0, 10% of the images held out "
-            "for validation; measuring: each model at its chosen epoch count on all 64 images, seeds [0, 1]") in markdown
+    assert ("- budget: tuning: epoch counts [1, 2], seed 0, trained on 64 images of the training set less the 10% "
+            "held out for validation; measuring: each model at its chosen epoch count, seeds [0, 1], trained on the "
+            "first 64 training images (no split)\n") in markdown
 
 
 def test_time_verdicts_state_the_slower_model_with_its_interval_in_that_direction():

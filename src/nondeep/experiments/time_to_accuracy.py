@@ -96,11 +96,12 @@ def _time_verdict(c: dict[str, Any]) -> str:
 
 def _budget_text(meta: dict[str, Any]) -> str:
     """The two phases' budgets (Budget.describe would state its unused `epochs` and a split the measuring lacks)."""
-    images = meta["max_train_samples"] or "all"
-    precision = " in bf16 autocast (CPU)" if meta["cpu_bf16"] else ""
-    return (f"{images} training images per run{precision}; tuning: epoch counts {meta['epoch_grid']}, seed "
-            f"{meta['seed']}, {meta['val_split']:.0%} of the images held out for validation; measuring: each model "
-            f"at its chosen epoch count on all {images} images, seeds {meta['seed_list']}")
+    cap = meta["max_train_samples"]
+    precision = " in bf16 autocast (CPU)" if meta.get("cpu_bf16") else ""
+    return (f"tuning: epoch counts {meta['epoch_grid']}, seed {meta['seed']}, trained on "
+            f"{f'{cap} images of' if cap else 'all of'} the training set less the {meta['val_split']:.0%} held out "
+            f"for validation; measuring: each model at its chosen epoch count, seeds {meta['seed_list']}, trained on "
+            f"{f'the first {cap}' if cap else 'all'} training images (no split){precision}")
 
 
 def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
