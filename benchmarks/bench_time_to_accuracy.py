@@ -1,6 +1,6 @@
 """Time to accuracy on Fashion-MNIST at equal size: parnet_tiny against pre-act ResNet-20 and -56 (and ResNet-18),
-each with its epoch count chosen on validation, several seeds, the test split read after every epoch only to
-see when the target was reached (nondeep.experiments.time_to_accuracy).
+each with its epoch count (and, with --lr-grid, peak learning rate) chosen on validation, several seeds, the test
+split read after every epoch only to see when the target was reached (nondeep.experiments.time_to_accuracy).
 
     .venv/bin/python benchmarks/bench_time_to_accuracy.py --runs runs/tta --out docs/results
 """
@@ -20,6 +20,8 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=93.0, help="test accuracy to reach (%%)")
     parser.add_argument("--epoch-grid", nargs="+", type=int, default=[2, 4, 8],
                         help="planned epoch counts tried on validation")
+    parser.add_argument("--lr-grid", nargs="+", type=float, default=[],
+                        help="peak learning rates tried on validation with every epoch count (default: the recipe's)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
@@ -33,7 +35,7 @@ def main() -> None:
     budget = Budget(seeds=args.seeds, max_train_samples=args.max_train_samples or None, threads=args.threads,
                     device=args.device, data_dir=args.data_dir, progress=False, cpu_bf16=args.cpu_bf16)
     run_time_to_accuracy(args.runs, args.models, args.target, args.epoch_grid, budget, args.out,
-                         command=["python", *sys.argv])
+                         command=["python", *sys.argv], lr_grid=args.lr_grid)
 
 
 if __name__ == "__main__":

@@ -270,9 +270,39 @@ def test_time_to_accuracy_tunes_on_validation_and_times_on_test(tiny_fashion, tm
     assert (comparison["a"], comparison["b"]) == ("preact_resnet_20", "mimic_snn_1k")
     assert "time to target" in comparison["verdict"] or "slower to target than" in comparison["verdict"]
     markdown = (tmp_path / "tta" / "time_to_accuracy.md").read_text()
-    assert ("- budget: tuning: epoch counts [1, 2], seed 0, trained on 64 images of the training set less the 10% "
+    assert ("- budget: tuning: epoch counts [1, 2] at the recipe's learning rate, seed 0, trained on 64 images of the training set less the 10% "
             "held out for validation; measuring: each model at its chosen epoch count, seeds [0, 1], trained on the "
             "first 64 training images (no split)\n") in markdown
+
+
+def test_time_to_accuracy_tunes_the_learning_rate_on_validation_when_given_a_grid(tiny_fashion, tmp_path):
+    from nondeep.experiments.time_to_accuracy import run_time_to_accuracy
+
+    budget = Budget(seeds=1, max_train_samples=64, data_dir=str(tiny_fashion), progress=False)
+    report = run_time_to_accuracy(tmp_path / "tta", ["mimic_snn_1k"], target=0.0, epoch_grid=(1,), budget=budget,
+                                  lr_grid=(1e-3, 3e-3))
+    tried = report["tuning"]
+    assert [t["lr"] for t in tried] == [1e-3, 3e-3] and sum(t["chosen"] for t in tried) == 1
+    chosen = next(t for t in tried if t["chosen"])  # both reach target 0 at epoch 1: the higher validation wins
+    assert chosen["final_val_accuracy"] == max(t["final_val_accuracy"] for t in tried)
+    assert report["rows"][0]["lr_chosen_on_val"] == chosen["lr"]
+    measured = tmp_path / "tta" / "measure" / f"mimic_snn_1k-1ep-lr{chosen['lr']:g}" / "seed0" / "summary.json"
+    assert json.loads(measured.read_text())["config"]["lr"] == chosen["lr"]
+    assert report["meta"]["lr_grid"] == [1e-3, 3e-3]
+    assert "x peak learning rates [0.001, 0.003]" in (tmp_path / "tta" / "time_to_accuracy.md").read_text()
+
+
+def test_the_schedule_reaching_the_target_soonest_on_validation_is_chosen():
+    from nondeep.experiments.time_to_accuracy import choose_schedule
+
+    def row(epochs: int, lr: float, reached: int | None, val: float) -> dict:
+        return {"epochs_planned": epochs, "lr": lr, "val_epoch_reached": reached, "final_val_accuracy": val}
+
+    fast, slow, tie_shorter = row(4, 0.1, 2, 90.0), row(2, 0.2, None, 95.0), row(2, 0.4, 2, 85.0)
+    assert choose_schedule([slow, fast]) is fast  # reaching it counts before the final accuracy
+    assert choose_schedule([fast, tie_shorter]) is tie_shorter  # same epoch reached: the shorter schedule
+    assert choose_schedule([row(2, 0.1, 2, 88.0), row(2, 0.2, 2, 89.0)])["lr"] == 0.2  # then the higher accuracy
+    assert choose_schedule([row(2, 0.1, None, 60.0), slow, row(4, 0.1, None, 70.0)]) is slow  # none: the best
 
 
 def test_time_verdicts_state_the_slower_model_with_its_interval_in_that_direction():

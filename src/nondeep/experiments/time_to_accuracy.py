@@ -3,8 +3,10 @@ reaches a target. Models of equal size are compared (parnet_tiny against pre-act
 ResNet-18 as a larger reference), each with its schedule chosen on validation:
 
 1. tuning, on validation only: each model trains with each planned epoch count of the grid (the one-cycle
-   schedule spans it) on the training set less the validation split; the epoch count whose run reaches the
-   target on validation in the fewest epochs is chosen (ties: the shorter schedule; none: the longest);
+   schedule spans it) and each peak learning rate of the lr grid (default: the recipe's) on the training set
+   less the validation split; the schedule whose run reaches the target on validation in the fewest epochs is
+   chosen (ties: the shorter schedule, then the higher final validation accuracy; none reached: the schedule
+   of the highest final validation accuracy);
 2. measuring: with that schedule each model trains on the whole training set with several seeds; the test split
    is evaluated after every epoch, and only to read off when the target was first reached.
 Training seconds exclude evaluation. The runs go one after another in one process, the machine's load recorded
@@ -36,28 +38,30 @@ def seconds_to_target(history: Sequence[dict[str, float]], target: float) -> tup
 
 def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MODELS, target: float = 93.0,
                          epoch_grid: Sequence[int] = (2, 4, 8), budget: Budget | None = None,
-                         results: str | None = None, command: Sequence[str] = ()) -> dict[str, Any]:
-    """Tune each model's epoch count on validation, then time it to `target` on test over budget.seeds seeds."""
+                         results: str | None = None, command: Sequence[str] = (),
+                         lr_grid: Sequence[float] = ()) -> dict[str, Any]:
+    """Tune each model's schedule (epochs x `lr_grid`; no lr grid: the recipe's lr) on validation, then time it to
+    `target` on test over budget.seeds seeds."""
     budget = budget or Budget(seeds=3, max_train_samples=None, threads=1)
     folder, started = Path(folder), time.perf_counter()
     tuning, rows, seconds = [], [], {}
     for model in models:
-        reached_at = {}  # planned epochs -> the epoch that reached the target on validation
+        tried = []
         for epochs in epoch_grid:
-            summary = train_run(folder / "tuning", Run(f"{model}-{epochs}ep", model), budget, budget.seed,
-                                epochs=epochs)
-            reached, epoch = seconds_to_target(_history(Path(summary["out"])), target)
-            if epoch is not None:
-                reached_at[epochs] = epoch
-            tuning.append({"model": model, "epochs_planned": epochs, "val_seconds_to_target": reached,
-                           "val_epoch_reached": epoch, "final_val_accuracy": summary["val_accuracy"]})
-        # an epoch of one model costs the same in every schedule, so the soonest is the fewest epochs: compared
-        # in epochs, not in noisy seconds (ties: the shorter schedule)
-        chosen = min(reached_at, key=lambda e: (reached_at[e], e)) if reached_at else max(epoch_grid)
+            for lr in lr_grid or (None,):
+                summary = train_run(folder / "tuning", _run(model, epochs, lr), budget, budget.seed, epochs=epochs,
+                                    **_lr(lr))
+                reached, epoch = seconds_to_target(_history(Path(summary["out"])), target)
+                tried.append({"model": model, "epochs_planned": epochs, "lr": summary["config"]["lr"],
+                              "val_seconds_to_target": reached, "val_epoch_reached": epoch,
+                              "final_val_accuracy": summary["val_accuracy"]})
+        chosen = choose_schedule(tried)
+        tuning += [t | {"chosen": t is chosen} for t in tried]
+        epochs, lr = chosen["epochs_planned"], chosen["lr"] if lr_grid else None
         per_seed = []
         for seed in budget.seed_list:  # measuring: all training images, the test split read after each epoch
-            summary = train_run(folder / "measure", Run(f"{model}-{chosen}ep", model), budget, seed, epochs=chosen,
-                                val_split=0.0)
+            summary = train_run(folder / "measure", _run(model, epochs, lr), budget, seed, epochs=epochs,
+                                val_split=0.0, **_lr(lr))
             reached, epoch = seconds_to_target(_history(Path(summary["out"])), target)
             per_seed.append({"seed": seed, "seconds_to_target": reached, "epoch_reached": epoch,
                              "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"]})
@@ -65,7 +69,8 @@ def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MOD
         seconds[model] = hit if len(hit) == len(per_seed) else None
         minutes = estimate(hit) if hit else None
         rows.append({"model": model, "params": summary["params"], "depth": summary["depth"],
-                     "mflops": round(summary["flops"] / 1e6, 2), "epochs_chosen_on_val": chosen,
+                     "mflops": round(summary["flops"] / 1e6, 2), "epochs_chosen_on_val": epochs,
+                     "lr_chosen_on_val": summary["config"]["lr"],
                      "seeds_reaching_target": f"{len(hit)}/{len(per_seed)}", "all_reached": seconds[model] is not None,
                      "minutes_to_target": minutes.mean if minutes else None,
                      "ci95": minutes.half_width if minutes else None,
@@ -76,10 +81,30 @@ def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MOD
     for c in comparisons:
         c["verdict"] = _time_verdict(c)
     report = {"meta": lab_meta(NAME, budget, command or ["nondeep.experiments.time_to_accuracy"], started,
-                               target=target, epoch_grid=list(epoch_grid)),
+                               target=target, epoch_grid=list(epoch_grid), lr_grid=list(lr_grid)),
               "rows": rows, "tuning": tuning, "comparisons": comparisons}
     _write(report, folder, results)
     return report
+
+
+def choose_schedule(tried: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The tuning row that reached the target on validation in the fewest epochs (an epoch of one model costs the
+    same in every schedule, so this compares epochs, not noisy seconds; ties: the shorter schedule, then the
+    higher final validation accuracy); when none reached it, the row of the highest final validation accuracy."""
+    reached = [t for t in tried if t["val_epoch_reached"] is not None]
+    if reached:
+        return min(reached, key=lambda t: (t["val_epoch_reached"], t["epochs_planned"], -t["final_val_accuracy"]))
+    return max(tried, key=lambda t: t["final_val_accuracy"])
+
+
+def _run(model: str, epochs: int, lr: float | None) -> Run:
+    """The run of a schedule; without an asked lr (the recipe's) its name is the one runs had before lr grids, so
+    earlier folders are reused."""
+    return Run(f"{model}-{epochs}ep" + (f"-lr{lr:g}" if lr is not None else ""), model)
+
+
+def _lr(lr: float | None) -> dict[str, float]:
+    return {} if lr is None else {"lr": lr}
 
 
 def _time_verdict(c: dict[str, Any]) -> str:
@@ -98,7 +123,8 @@ def _budget_text(meta: dict[str, Any]) -> str:
     """The two phases' budgets (Budget.describe would state its unused `epochs` and a split the measuring lacks)."""
     cap = meta["max_train_samples"]
     precision = " in bf16 autocast (CPU)" if meta.get("cpu_bf16") else ""
-    return (f"tuning: epoch counts {meta['epoch_grid']}, seed {meta['seed']}, trained on "
+    lrs = f" x peak learning rates {meta['lr_grid']}" if meta.get("lr_grid") else " at the recipe's learning rate"
+    return (f"tuning: epoch counts {meta['epoch_grid']}{lrs}, seed {meta['seed']}, trained on "
             f"{f'{cap} images of' if cap else 'all of'} the training set less the {meta['val_split']:.0%} held out "
             f"for validation; measuring: each model at its chosen epoch count, seeds {meta['seed_list']}, trained on "
             f"{f'the first {cap}' if cap else 'all'} training images (no split){precision}")
@@ -106,16 +132,22 @@ def _budget_text(meta: dict[str, Any]) -> str:
 
 def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
     meta, rows = report["meta"], report["rows"]
-    columns = ["model", "params", "depth", "mflops", "epochs_chosen_on_val", "seeds_reaching_target",
-               "minutes_to_target", "ci95", "final_test_accuracy"]
+    columns = ["model", "params", "depth", "mflops", "epochs_chosen_on_val", "lr_chosen_on_val",
+               "seeds_reaching_target", "minutes_to_target", "ci95", "final_test_accuracy"]
+    tuning_columns = ["model", "epochs_planned", "lr", "val_epoch_reached", "final_val_accuracy", "chosen"]
+    # reports made before the lr grid lack its columns: shown without them
+    columns = [c for c in columns if any(c in r for r in rows)]
+    tuning_columns = [c for c in tuning_columns if any(c in t for t in report["tuning"])]
     unreached = [r["model"] for r in rows if not r["all_reached"]]
+    chosen = "epoch count and peak learning rate" if meta.get("lr_grid") else "epoch count"
     markdown = (f"# Time to {meta['target']}% test accuracy\n\n- command: `{meta['command']}`\n"
                 f"- budget: {_budget_text(meta)}\n"
                 f"- machine: {describe_machine(meta['machine'])}\n- date: {meta['date']}; took "
                 f"{meta['total_seconds'] / 60:.1f} min\n\n{format_table(rows, columns)}\n\n"
                 "minutes_to_target: training minutes (evaluation excluded) until the test accuracy measured after an "
                 "epoch first reached the target, mean over the seeds that reached it; ci95: half width of its 95% "
-                "interval. The epoch count of each model was chosen on validation (tuning table in the JSON).\n\n"
+                f"interval. The {chosen} of each model was chosen on validation:\n\n"
+                f"{format_table(report['tuning'], tuning_columns)}\n\n"
                 + "".join(f"- {c['verdict']}\n" for c in report["comparisons"])
                 + (f"\nNot every seed reached the target for: {', '.join(unreached)} (no time comparison for them).\n"
                    if unreached else ""))
