@@ -208,18 +208,20 @@ def test_lab_commands_are_listed(capsys):
 def test_lab_command_line_runs(tiny_fashion, tmp_path, capsys, monkeypatch):
     for module in ("nondeep.experiments._lab", "nondeep.train.loop"):  # emulated bf16 computes the same, slower
         monkeypatch.setattr(f"{module}.native_cpu_bf16", lambda: True)
+    monkeypatch.setattr("torch.compile", lambda model, **_: model)  # the flag is under test here, not inductor
     assert main(["lab", "blocks", "--block-types", "plain", "--epochs", "1", "--max-train-samples", "32",
                  "--seeds", "2", "--data-dir", str(tiny_fashion), "--out", str(tmp_path / "cli"), "--no-progress",
-                 "--latency-forms", "channels_last", "--cpu-bf16"]) == 0
+                 "--latency-forms", "channels_last", "--cpu-bf16", "--compile"]) == 0
     printed = capsys.readouterr().out
     assert "written under" in printed
     report = json.loads((tmp_path / "cli" / "blocks.json").read_text())
-    assert report["meta"]["command"].endswith("--max-train-samples 32 --seeds 2 --seed 0 --val-split 0.1 --data-dir "
-                                              + str(tiny_fashion) + " --latency-forms channels_last --cpu-bf16")
-    assert "training images per run in bf16 autocast (CPU), " in report["meta"]["budget_text"]
+    assert report["meta"]["command"].endswith(f"--max-train-samples 32 --seeds 2 --seed 0 --val-split 0.1 --data-dir "
+                                              f"{tiny_fashion} --latency-forms channels_last --cpu-bf16 --compile")
+    assert "training images per run in bf16 autocast (CPU), the step compiled, " in report["meta"]["budget_text"]
     assert report["rows"][0]["latency_form"].startswith("channels_last, ")
     for run in report["runs"]:  # every run trained so, and says so in its own config
-        assert yaml.safe_load((Path(run["checkpoint"]).parent / "config.yaml").read_text())["cpu_bf16"] is True
+        config = yaml.safe_load((Path(run["checkpoint"]).parent / "config.yaml").read_text())
+        assert config["cpu_bf16"] is True and config["compile"] is True
 
 
 def test_cpu_bf16_in_a_lab_is_refused_on_a_gpu_and_on_a_cpu_without_native_bf16(tiny_fashion, tmp_path, monkeypatch,
@@ -270,9 +272,9 @@ def test_time_to_accuracy_tunes_on_validation_and_times_on_test(tiny_fashion, tm
     assert (comparison["a"], comparison["b"]) == ("preact_resnet_20", "mimic_snn_1k")
     assert "time to target" in comparison["verdict"] or "slower to target than" in comparison["verdict"]
     markdown = (tmp_path / "tta" / "time_to_accuracy.md").read_text()
-    assert ("- budget: tuning: epoch counts [1, 2] at the recipe's learning rate, seed 0, trained on 64 images of the training set less the 10% "
-            "held out for validation; measuring: each model at its chosen epoch count, seeds [0, 1], trained on the "
-            "first 64 training images (no split)\n") in markdown
+    assert ("- budget: tuning: epoch counts [1, 2] at the recipe's learning rate, seed 0, trained on 64 images of "
+            "the training set less the 10% held out for validation; measuring: each model at its chosen epoch "
+            "count, seeds [0, 1], trained on the first 64 training images (no split)\n") in markdown
 
 
 def test_time_to_accuracy_tunes_the_learning_rate_on_validation_when_given_a_grid(tiny_fashion, tmp_path):

@@ -15,7 +15,7 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
     grid = args.epoch_grid or ([1] if args.quick else list(DEFAULT_GRID))
     budget = Budget(epochs=1, max_train_samples=images, seeds=args.seeds, seed=args.seed, val_split=args.val_split,
                     data_dir=args.data_dir, threads=args.threads, device=args.device, progress=args.progress,
-                    cpu_bf16=args.cpu_bf16)
+                    cpu_bf16=args.cpu_bf16, compile=args.compile)
     time_target = args.time_target if args.time_target is not None else (GPU_TIME_TARGET if on_gpu(args.device)
                                                                           else None)
     command = ["nondeep", NAME, *(["--config", args.config] if args.config else []), "--target", f"{args.target:g}",
@@ -30,7 +30,7 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
                *(["--data-dir", args.data_dir] if args.data_dir else [])]
     run_speedrun(lab_folder(args.out, NAME), config, target=args.target, epoch_grid=grid, margin=args.margin,
                  tune_seeds=args.tune_seeds, time_target=time_target, budget=budget, results=args.results,
-                 command=command, compile=args.compile)
+                 command=command)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -62,6 +62,7 @@ class Budget:
     ray_address: str | None = None
     latency_forms: tuple[str, ...] | None = None  # the inference forms the latency column chooses from (None: all)
     cpu_bf16: bool = False              # train in bf16 autocast on a CPU with native bf16 (TrainConfig.cpu_bf16)
+    compile: bool = False               # torch.compile each run's step: speed only, so not a recipe key
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -92,11 +93,12 @@ class Budget:
         parts += ["--data-dir", self.data_dir] if self.data_dir else []
         parts += ["--latency-forms", *self.latency_forms] if self.latency_forms else []
         parts += ["--cpu-bf16"] if self.cpu_bf16 else []
+        parts += ["--compile"] if self.compile else []
         return parts
 
     def describe(self) -> str:
         return (f"{self.epochs} epoch(s) on {self.max_train_samples or 'all'} training images per run"
-                f"{' in bf16 autocast (CPU)' if self.cpu_bf16 else ''}, "
+                f"{' in bf16 autocast (CPU)' if self.cpu_bf16 else ''}{', the step compiled' if self.compile else ''}, "
                 f"{self.val_split:.0%} of the training set held out for validation, seeds {self.seed_list}")
 
 
@@ -121,6 +123,8 @@ def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--cpu-bf16", action="store_true", help="on a CPU with native bf16 (AVX512-BF16 or AMX), train "
                    "in bf16 autocast: faster, at the accuracy cost docs/results/cpu_bf16.md measures")
+    p.add_argument("--compile", action="store_true", help="torch.compile each run's training step (faster on 2 "
+                   "CPU cores, docs/results/train_throughput.md; the compilation is in the first epoch)")
     p.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual places)")
     p.add_argument("--out", help=f"output folder (default runs/lab-{name}-<date>); a lab started again with the "
                    "same --out reuses the runs it finished")
@@ -157,7 +161,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(epochs=epochs, max_train_samples=images or None, seeds=args.seeds, seed=args.seed,
                   val_split=args.val_split, data_dir=args.data_dir, threads=args.threads, device=args.device,
                   progress=args.progress, executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                  latency_forms=tuple(getattr(args, "latency_forms", None) or ()) or None, cpu_bf16=args.cpu_bf16)
+                  latency_forms=tuple(getattr(args, "latency_forms", None) or ()) or None, cpu_bf16=args.cpu_bf16,
+                  compile=args.compile)
 
 
 def lab_folder(out: str | Path | None, name: str) -> Path:
@@ -219,7 +224,8 @@ def train_run(folder: Path, run: Run, budget: Budget, seed: int, **recipe: Any) 
         "model": run.model, "model_kwargs": run.model_kwargs, "out": str(out), "data": budget.data,
         "data_dir": budget.data_dir, "epochs": budget.epochs, "max_train_samples": budget.max_train_samples,
         "val_split": budget.val_split, "seed": seed + run.seed_offset, "threads": budget.threads,
-        "device": budget.device, "progress": budget.progress, "cpu_bf16": budget.cpu_bf16, **recipe, **run.recipe})
+        "device": budget.device, "progress": budget.progress, "cpu_bf16": budget.cpu_bf16, "compile": budget.compile,
+        **recipe, **run.recipe})
     summary_path = out / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())

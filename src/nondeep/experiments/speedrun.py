@@ -74,11 +74,11 @@ def choose_epochs(tuning: Sequence[dict[str, Any]], bar: float) -> tuple[int, bo
 def run_speedrun(folder: str | Path, config: TrainConfig | None = None, target: float = 94.0,
                  epoch_grid: Sequence[int] = DEFAULT_GRID, margin: float = 0.5, tune_seeds: int = 2,
                  time_target: float | None = None, budget: Budget | None = None, results: str | None = None,
-                 command: Sequence[str] = ("nondeep", NAME), compile: bool = False) -> dict[str, Any]:
+                 command: Sequence[str] = ("nondeep", NAME)) -> dict[str, Any]:
     """Choose the recipe's epoch count on validation (a grid of one count is taken as given), then train it with
     budget.seeds seeds and report accuracy and training seconds (mean, spread, 95% interval) against the targets;
-    writes speedrun.json/.md to `folder` (and to `results`). Finished runs in `folder` are reused. `compile`:
-    torch.compile the step (speed only: runs with and without it are the same experiment)."""
+    writes speedrun.json/.md to `folder` (and to `results`). Finished runs in `folder` are reused (with or without
+    budget.compile: it changes speed only)."""
     budget = budget or Budget(seeds=10, max_train_samples=None)
     grid = sorted(set(int(e) for e in epoch_grid))
     if not grid or grid[0] < 1:
@@ -89,7 +89,7 @@ def run_speedrun(folder: str | Path, config: TrainConfig | None = None, target: 
         raise LabError(f"--tune-seeds must be at least 1, got {tune_seeds}")
     if not 0 < target <= 100:
         raise LabError(f"--target is a test accuracy in percent, in (0, 100], got {target}")
-    recipe = {**_recipe_fields(config), **({"compile": True} if compile else {})}
+    recipe = _recipe_fields(config)
     model, model_kwargs = recipe.pop("model"), recipe.pop("model_kwargs", {})
     depth = check_depth(model, model_kwargs)
     folder, started = Path(folder), time.perf_counter()
