@@ -23,6 +23,7 @@ from nondeep.experiments.pareto import dominates, pareto_front, run_pareto_lab
 from nondeep.experiments.streams import run_streams_lab
 from nondeep.experiments.width_depth import run_width_depth_lab, wrn_for_budget
 from nondeep.models import create_model
+from nondeep.train import TrainConfig
 
 def tiny_budget(data_dir, seeds: int = 2, latency_forms=("eager",)) -> Budget:
     return Budget(epochs=1, max_train_samples=64, seeds=seeds, data_dir=str(data_dir), progress=False,
@@ -281,17 +282,21 @@ def test_time_to_accuracy_tunes_the_learning_rate_on_validation_when_given_a_gri
     from nondeep.experiments.time_to_accuracy import run_time_to_accuracy
 
     budget = Budget(seeds=1, max_train_samples=64, data_dir=str(tiny_fashion), progress=False)
+    run_time_to_accuracy(tmp_path / "tta", ["mimic_snn_1k"], target=0.0, epoch_grid=(1,), budget=budget)
     report = run_time_to_accuracy(tmp_path / "tta", ["mimic_snn_1k"], target=0.0, epoch_grid=(1,), budget=budget,
-                                  lr_grid=(1e-3, 3e-3))
+                                  lr_grid=(1e-3, TrainConfig.lr))  # the run at the recipe's lr is reused
     tried = report["tuning"]
-    assert [t["lr"] for t in tried] == [1e-3, 3e-3] and sum(t["chosen"] for t in tried) == 1
+    assert [t["lr"] for t in tried] == [1e-3, TrainConfig.lr] and sum(t["chosen"] for t in tried) == 1
+    assert sorted(p.name for p in (tmp_path / "tta" / "tuning").iterdir()) == ["mimic_snn_1k-1ep",
+                                                                                "mimic_snn_1k-1ep-lr0.001"]
     chosen = next(t for t in tried if t["chosen"])  # both reach target 0 at epoch 1: the higher validation wins
     assert chosen["final_val_accuracy"] == max(t["final_val_accuracy"] for t in tried)
     assert report["rows"][0]["lr_chosen_on_val"] == chosen["lr"]
-    measured = tmp_path / "tta" / "measure" / f"mimic_snn_1k-1ep-lr{chosen['lr']:g}" / "seed0" / "summary.json"
+    name = "mimic_snn_1k-1ep" + ("" if chosen["lr"] == TrainConfig.lr else "-lr0.001")
+    measured = tmp_path / "tta" / "measure" / name / "seed0" / "summary.json"
     assert json.loads(measured.read_text())["config"]["lr"] == chosen["lr"]
-    assert report["meta"]["lr_grid"] == [1e-3, 3e-3]
-    assert "x peak learning rates [0.001, 0.003]" in (tmp_path / "tta" / "time_to_accuracy.md").read_text()
+    assert report["meta"]["lr_grid"] == [1e-3, TrainConfig.lr]
+    assert "x peak learning rates [0.001, 0.2]" in (tmp_path / "tta" / "time_to_accuracy.md").read_text()
 
 
 def test_the_schedule_reaching_the_target_soonest_on_validation_is_chosen():

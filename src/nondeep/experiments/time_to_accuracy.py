@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from ..report import format_table, write_json, write_text
 from ..stats import Difference, estimate, welch
+from ..train import TrainConfig
 from ._lab import Budget, Run, _history, describe_machine, lab_meta, train_run
 
 NAME = "time_to_accuracy"
@@ -98,9 +99,9 @@ def choose_schedule(tried: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _run(model: str, epochs: int, lr: float | None) -> Run:
-    """The run of a schedule; without an asked lr (the recipe's) its name is the one runs had before lr grids, so
-    earlier folders are reused."""
-    return Run(f"{model}-{epochs}ep" + (f"-lr{lr:g}" if lr is not None else ""), model)
+    """The run of a schedule; at the recipe's lr its name is the one runs had before lr grids, so a folder's runs
+    are reused by a start with an lr grid that holds that rate."""
+    return Run(f"{model}-{epochs}ep" + (f"-lr{lr:g}" if lr not in (None, TrainConfig.lr) else ""), model)
 
 
 def _lr(lr: float | None) -> dict[str, float]:
