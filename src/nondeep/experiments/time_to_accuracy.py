@@ -125,9 +125,10 @@ def _budget_text(meta: dict[str, Any]) -> str:
     cap = meta["max_train_samples"]
     precision = " in bf16 autocast (CPU)" if meta.get("cpu_bf16") else ""
     lrs = f" x peak learning rates {meta['lr_grid']}" if meta.get("lr_grid") else " at the recipe's learning rate"
+    schedule = "schedule" if meta.get("lr_grid") else "epoch count"
     return (f"tuning: epoch counts {meta['epoch_grid']}{lrs}, seed {meta['seed']}, trained on "
             f"{f'{cap} images of' if cap else 'all of'} the training set less the {meta['val_split']:.0%} held out "
-            f"for validation; measuring: each model at its chosen epoch count, seeds {meta['seed_list']}, trained on "
+            f"for validation; measuring: each model at its chosen {schedule}, seeds {meta['seed_list']}, trained on "
             f"{f'the first {cap}' if cap else 'all'} training images (no split){precision}")
 
 
