@@ -133,6 +133,10 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
         assert c["verdict"] == welch(accs[c["a"]], accs[c["b"]], c["a"], c["b"]).as_dict()["verdict"]
     teacher = report["meta"]["teacher"]
     assert len(teacher["members"]) == 2 and 0 < teacher["test_accuracy"] <= 100
+    # the report's time counts every run: the listed ones, the teachers and the rates the search did not keep
+    unlisted = ([m["train_seconds"] for m in teacher["members"]]
+                + [r["train_seconds"] for r in search if not r["chosen"]])
+    assert report["meta"]["other_train_seconds"] == pytest.approx(sum(unlisted)) and len(unlisted) == 2 + 2
     assert all(r["teacher_test_accuracy"] == teacher["test_accuracy"] for r in report["runs"])
     for t in report["targets"]:  # each target's line starts with MET or NOT MET, as its computed flag says
         assert f"{'MET' if t['met'] else 'NOT MET'}: {t['target']}" in printed

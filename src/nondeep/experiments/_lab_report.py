@@ -129,5 +129,8 @@ def _curves(per_seed: Sequence[dict[str, Any]]) -> dict[str, list[list[float]]]:
 
 
 def _train_minutes(report: dict[str, Any]) -> float:
-    """Minutes of every run of the lab (reused ones included): the sum of the runs' train_seconds."""
-    return sum(run.get("train_seconds") or 0.0 for run in report.get("runs", [])) / 60
+    """Minutes of every run of the lab (reused ones included): the sum of the runs' train_seconds, and of the runs
+    the report does not list one by one (meta's other_train_seconds: e.g. a mimic lab's teachers and the rates its
+    search did not keep)."""
+    listed = sum(run.get("train_seconds") or 0.0 for run in report.get("runs", []))
+    return (listed + report["meta"].get("other_train_seconds", 0.0)) / 60

@@ -183,7 +183,9 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
     flags = [*command, *budget.flags(), *_flags(teachers, teacher_models, teacher_epochs, students, objectives,
                                                  conv_layers, copies, copies_sweep, teacher_online, temperature,
                                                  cutout, lrs, lr_search)]
+    unlisted = [*teacher_rows, *(r for r in search if not r["chosen"])]  # runs the report's "runs" leave out
     report = lab_report(NAME, budget, flags, started, per_seed, rows, pairs, teacher=teacher,
+                        other_train_seconds=sum(r.get("train_seconds") or 0.0 for r in unlisted),
                         teacher_epochs=None if teachers else teacher_epochs,
                         transfer_copies=shown_copies, copies_sweep=copies_sweep, temperature=temperature,
                         cutout=cutout, lr_search=[_search_row(r) for r in search],
@@ -314,7 +316,7 @@ def _edge_note(search: Sequence[dict[str, Any]]) -> str:
 
 
 def _search_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: row[k] for k in ("group", "lr", "seed", "val_accuracy", "chosen")}
+    return {k: row[k] for k in ("group", "lr", "seed", "val_accuracy", "chosen", "train_seconds")}
 
 
 def _flags(teachers: Sequence[str], teacher_models: Sequence[str], teacher_epochs: int, students: Sequence[str],

@@ -148,7 +148,8 @@ def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
                 f"{meta['total_seconds'] / 60:.1f} min\n\n{format_table(rows, columns)}\n\n"
                 "minutes_to_target: training minutes (evaluation excluded) until the test accuracy measured after an "
                 "epoch first reached the target, mean over the seeds that reached it; ci95: half width of its 95% "
-                f"interval. The {chosen} of each model was chosen on validation:\n\n"
+                f"interval. The {chosen} of each model {'were' if meta.get('lr_grid') else 'was'} chosen on "
+                "validation:\n\n"
                 f"{format_table(report['tuning'], tuning_columns)}\n\n"
                 + "".join(f"- {c['verdict']}\n" for c in report["comparisons"])
                 + (f"\nNot every seed reached the target for: {', '.join(unreached)} (no time comparison for them).\n"
