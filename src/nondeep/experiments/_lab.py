@@ -98,8 +98,13 @@ class Budget:
 
     def describe(self) -> str:
         return (f"{self.epochs} epoch(s) on {self.max_train_samples or 'all'} training images per run"
-                f"{' in bf16 autocast (CPU)' if self.cpu_bf16 else ''}{', the step compiled' if self.compile else ''}, "
+                f"{speed_text(self.cpu_bf16, self.compile)}, "
                 f"{self.val_split:.0%} of the training set held out for validation, seeds {self.seed_list}")
+
+
+def speed_text(cpu_bf16: bool, compile: bool) -> str:
+    """The speed options of a budget as the reports word them (empty when none is on)."""
+    return f"{' in bf16 autocast (CPU)' if cpu_bf16 else ''}{', the step compiled' if compile else ''}"
 
 
 def add_common_args(p: argparse.ArgumentParser, name: str, epochs: int = 2, max_train_samples: int = 20000,

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from ..report import format_table, write_json, write_text
 from ..stats import Difference, estimate, welch
 from ..train import TrainConfig
-from ._lab import Budget, Run, _history, describe_machine, lab_meta, train_run
+from ._lab import Budget, Run, _history, describe_machine, lab_meta, speed_text, train_run
 
 NAME = "time_to_accuracy"
 DEFAULT_MODELS = ("parnet_tiny", "preact_resnet_20", "preact_resnet_56", "resnet18_small_image")
@@ -123,7 +123,7 @@ def _time_verdict(c: dict[str, Any]) -> str:
 def _budget_text(meta: dict[str, Any]) -> str:
     """The two phases' budgets (Budget.describe would state its unused `epochs` and a split the measuring lacks)."""
     cap = meta["max_train_samples"]
-    precision = " in bf16 autocast (CPU)" if meta.get("cpu_bf16") else ""
+    precision = speed_text(meta.get("cpu_bf16", False), meta.get("compile", False))
     lrs = f" x peak learning rates {meta['lr_grid']}" if meta.get("lr_grid") else " at the recipe's learning rate"
     schedule = "schedule" if meta.get("lr_grid") else "epoch count"
     return (f"tuning: epoch counts {meta['epoch_grid']}{lrs}, seed {meta['seed']}, trained on "
