@@ -12,6 +12,7 @@ from nondeep.data import Augment, TensorLoader, build_loaders
 from nondeep.distill import CachedTargets, DistillLoss, OnlineTeacher, build_ensemble, distill, read_teachers
 from nondeep.distill.teacher import logits_over_images
 from nondeep.distill.transfer import TransferData, make_transfer_set
+from nondeep.experiments.mimic import beyond_edge
 from nondeep.stats import welch
 from nondeep.train import TrainConfig, train
 
@@ -97,9 +98,17 @@ def test_the_label_twin_sees_the_mimic_students_images_in_the_same_order(tiny_fa
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("rates, best, past", [
+    ([5e-4, 1e-3, 2e-3], 5e-4, 2.5e-4), ([5e-4, 1e-3, 2e-3], 2e-3, 4e-3), ([0.4, 0.1, 0.2], 0.4, 0.8),
+    ([0.1, 0.2, 0.4], 0.2, None), ([1e-3], 1e-3, None), ([1e-3, 1e-3], 1e-3, None)])
+def test_a_rate_search_widens_past_the_edge_where_its_best_sits(rates, best, past):
+    assert beyond_edge(rates, best) == past
+
+
 def _lab_args(data, out, results, seeds="2"):
     return ["lab", "mimic", "--teacher-models", "mimic_snn_1k", "mimic_snn_1k", "--teacher-epochs", "1",
             "--students", "mimic_snn_1k", "--objectives", "labels", "mimic", "--lrs", "0.0005", "0.002",
+            "--lr-widen", "1",
             "--transfer-copies", "1", "--copies-sweep", "0", "--cutout", "4", "--epochs", "2", "--seeds", seeds,
             "--max-train-samples", "0", "--data-dir", str(data), "--out", str(out), "--results", str(results),
             "--threads", "1", "--no-progress"]
@@ -112,13 +121,18 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
     report = json.loads((results / "mimic.json").read_text())
     assert [r["model"] for r in report["rows"]] == ["mimic_snn_1k labels", "mimic_snn_1k mimic",
                                                     "mimic_snn_1k labels K=0", "mimic_snn_1k mimic K=0"]
-    # the rate is chosen on validation with seed 0 only; the chosen rate then runs with seed 1
+    # the rate is chosen on validation with seed 0 only; the chosen rate then runs with seed 1. A grid of two
+    # rates has its best at an edge, so --lr-widen 1 tries one more past it, the grid's ratio (4x) continued
     search = report["meta"]["lr_search"]
+    edges = []
     for group in ("mimic_snn_1k labels", "mimic_snn_1k mimic"):
         tried = [r for r in search if r["group"] == group]
-        assert [r["lr"] for r in tried] == [0.0005, 0.002] and {r["seed"] for r in tried} == {0}
-        best = max(tried, key=lambda r: r["val_accuracy"])
+        grid = [r for r in tried if r["lr"] in (0.0005, 0.002)]
+        past = 0.000125 if max(grid, key=lambda r: (r["val_accuracy"], -r["lr"]))["lr"] == 0.0005 else 0.008
+        assert [r["lr"] for r in tried] == sorted([0.0005, 0.002, past]) and {r["seed"] for r in tried} == {0}
+        best = max(tried, key=lambda r: (r["val_accuracy"], -r["lr"]))
         assert [r["chosen"] for r in tried] == [r is best for r in tried]
+        edges += [group] if best["lr"] in (tried[0]["lr"], tried[-1]["lr"]) else []
         runs = [r for r in report["runs"] if r["model"] == group]
         assert sorted(r["seed"] for r in runs) == [0, 1] and {r["lr"] for r in runs} == {best["lr"]}
     accs = {row["model"]: [r["test_accuracy"] for r in report["runs"] if r["model"] == row["model"]]
@@ -136,21 +150,23 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
     # the report's time counts every run: the listed ones, the teachers and the rates the search did not keep
     unlisted = ([m["train_seconds"] for m in teacher["members"]]
                 + [r["train_seconds"] for r in search if not r["chosen"]])
-    assert report["meta"]["other_train_seconds"] == pytest.approx(sum(unlisted)) and len(unlisted) == 2 + 2
+    assert report["meta"]["other_train_seconds"] == pytest.approx(sum(unlisted)) and len(unlisted) == 2 + 4
     assert all(r["teacher_test_accuracy"] == teacher["test_accuracy"] for r in report["runs"])
     for t in report["targets"]:  # each target's line starts with MET or NOT MET, as its computed flag says
         assert f"{'MET' if t['met'] else 'NOT MET'}: {t['target']}" in printed
     markdown = (results / "mimic.md").read_text()
     assert report["meta"]["command"] in markdown and "## Teacher" in markdown and "chosen" in markdown
-    # with two rates tried, the chosen one is always at an edge of the grid, and the report says so
-    assert "Chosen at the edge of the grid" in markdown and "mimic_snn_1k labels (" in markdown
+    # the report names the groups whose chosen rate is still at an edge of the widened grid, and only those
+    assert ("Chosen at the edge of the grid" in markdown) == bool(edges) and "up to 1 more rate(s)" in markdown
+    for group in ("mimic_snn_1k labels", "mimic_snn_1k mimic"):
+        assert (f"{group} (" in markdown) == (group in edges)
     assert report["meta"]["command"].startswith("nondeep lab mimic --epochs 2")
     for name in ("mimic.png", "mimic-curves.png"):
         assert (out / name).is_file() and (results / name).is_file()
     # started again with the same --out: every run (teachers, search, seeds, K sweep) is reused, none retrained
     assert main(_lab_args(tiny_fashion, out, tmp_path / "again")) == 0
     printed = capsys.readouterr().out
-    assert printed.count("reusing the finished run") == 2 + 4 + 2 + 4 and "epoch 1/" not in printed
+    assert printed.count("reusing the finished run") == 2 + 6 + 2 + 4 and "epoch 1/" not in printed
     again = json.loads((tmp_path / "again" / "mimic.json").read_text())
     assert [r["test_accuracy"] for r in again["runs"]] == [r["test_accuracy"] for r in report["runs"]]
 
@@ -160,6 +176,7 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
     (["--copies-sweep", "-1"], "must be >= 0"),
     (["--teacher-online", "--copies-sweep", "1"], "--teacher-online"),
     (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--lr-widen", "-1"], "--lr-widen must be >= 0"),
 ])
 def test_lab_mimic_refuses_bad_options_in_one_line(tiny_fashion, tmp_path, capsys, flags, message):
     args = _lab_args(tiny_fashion, tmp_path / "lab", tmp_path / "results") + flags

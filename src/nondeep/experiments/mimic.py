@@ -8,6 +8,7 @@ to the teacher and beats the same net trained on the labels") tested on Fashion-
 3. Every student is trained on the same views in the same order by each objective: `labels` (cross-entropy,
    the twin), `mimic` (L2 on logits) and `kd` (Hinton's KL at temperature T). The learning rate is chosen per
    student and objective on the validation split, with the first seed; the other seeds use the chosen one.
+   A best rate at an edge of the grid widens it past that edge (--lr-widen), so a grid's bounds do not make the choice.
 4. How shallow can the student be: conv students with --conv-layers conv layers before the shallow head.
 5. K: the first student by mimicry and on labels at each --copies-sweep K, against each other and the lab's K.
 
@@ -40,6 +41,7 @@ OBJECTIVES: dict[str, dict[str, Any]] = {"labels": {"loss": "mimic", "alpha": 0.
 MIMIC_RECIPE: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-4, "schedule": "cosine",
                                 "warmup_epochs": 0.0, "label_smoothing": 0.0, "batch_size": 128}
 SHALLOW_LRS = (5e-4, 1e-3, 2e-3)
+LR_WIDEN = 2  # rates tried past a grid's edge, one at a time, while the best rate stays at that edge
 DEFAULT_LR = TrainConfig.lr
 OTHER_LRS = (0.1, 0.2, 0.4)
 TEACHER_RECIPE: dict[str, Any] = {"label_smoothing": 0.0}  # smoothing compresses the logits a mimic regresses
@@ -100,6 +102,22 @@ def lr_grid(student: Student, lrs: Sequence[float] | None, search: bool) -> tupl
     return tuple(lrs or (SHALLOW_LRS if is_shallow(student.model) else OTHER_LRS))
 
 
+def beyond_edge(rates: Sequence[float], best: float) -> float | None:
+    """The next rate past the edge of the grid `rates` at which `best` sits (the grid's outer ratio continued, to
+    3 significant digits); None when `best` is inside the grid or the grid has a single rate."""
+    grid = sorted(set(rates))
+    if len(grid) < 2 or best not in (grid[0], grid[-1]):
+        return None
+    edge, inner = (grid[0], grid[1]) if best == grid[0] else (grid[-1], grid[-2])
+    return float(f"{edge * edge / inner:.3g}")
+
+
+def at_lr(run: Run, group: str, lr: float) -> Run:
+    """`run` (one rate of `group`) at another learning rate."""
+    return dataclasses.replace(run, label=f"{group} lr={lr:g}", columns={**run.columns, "lr": lr},
+                               recipe={**run.recipe, "lr": lr})
+
+
 def train_teachers(folder: Path, models: Sequence[str], epochs: int, budget: Budget) -> list[dict[str, Any]]:
     """Each ensemble member trained once (seed + its index), without label smoothing; their rows."""
     runs = [Run(f"teacher-{model}-{i}", model, seed_offset=i, recipe={**TEACHER_RECIPE, "epochs": epochs})
@@ -107,17 +125,35 @@ def train_teachers(folder: Path, models: Sequence[str], epochs: int, budget: Bud
     return run_all(folder, runs, dataclasses.replace(budget, seeds=1))
 
 
-def chosen_by_validation(folder: Path, groups: dict[str, list[Run]], budget: Budget
+def _best(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return max(rows, key=lambda r: (r["val_accuracy"], -r["lr"]))  # a tie goes to the smaller lr
+
+
+def chosen_by_validation(folder: Path, groups: dict[str, list[Run]], budget: Budget, widen: int = LR_WIDEN
                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every (group, lr) with the first seed; per group the lr of the highest final validation accuracy, then
+    """Every (group, lr) with the first seed; where a group's best rate is at an edge of its grid, up to `widen`
+    more rates past that edge, one at a time; per group the lr of the highest final validation accuracy, then
     that lr with the other seeds. Returns (the chosen runs' rows over all seeds, the search's rows)."""
     first = dataclasses.replace(budget, seeds=1)
     search = run_all(folder, [run for runs in groups.values() for run in runs], first)
+    for _ in range(widen):
+        wider = []
+        for name, runs in groups.items():
+            rows = [r for r in search if r["group"] == name]
+            lr = beyond_edge([r["lr"] for r in rows], _best(rows)["lr"])
+            if lr is not None:
+                runs.append(at_lr(runs[0], name, lr))
+                wider.append(runs[-1])
+        if not wider:
+            break
+        search += run_all(folder, wider, first)
+    order = list(groups)
+    search.sort(key=lambda r: (order.index(r["group"]), r["lr"]))
     chosen: list[Run] = []
     kept: list[dict[str, Any]] = []
     for name, runs in groups.items():
         rows = [r for r in search if r["group"] == name]
-        best = max(rows, key=lambda r: (r["val_accuracy"], -r["lr"]))  # a tie goes to the smaller lr
+        best = _best(rows)
         for row in rows:
             row["chosen"] = row is best
         kept.append(best)
@@ -133,11 +169,12 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
                   conv_layers: Sequence[int] | None = None, transfer_copies: int | None = None,
                   copies_sweep: Sequence[int] | None = None, teacher_online: bool = False,
                   temperature: float = 4.0, cutout: int = 8, lrs: Sequence[float] | None = None,
-                  lr_search: bool = True, results: str | None = None,
+                  lr_search: bool = True, lr_widen: int = LR_WIDEN, results: str | None = None,
                   command: Sequence[str] = ("nondeep", "lab", NAME)) -> tuple[dict[str, Any], Path]:
     """Run the lab (defaults: DEFAULTS for the budget's device); write mimic.json/.md/.png under the lab folder
     and `results`. `lrs`: the rates searched for every student (default: SHALLOW_LRS or OTHER_LRS by student);
-    lr_search=False: each student at its recipe's rate (smoke runs). Returns (report, folder)."""
+    lr_search=False: each student at its recipe's rate (smoke runs); `lr_widen`: rates tried past a grid's edge
+    where the best sits. Returns (report, folder)."""
     budget = budget or Budget()
     gpu = on_gpu(budget.device)
     def pick(value: Sequence[Any] | None, key: str) -> list[Any]:
@@ -147,7 +184,7 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
     teacher_epochs = teacher_epochs or DEFAULTS["teacher_epochs"][gpu]
     copies = 0 if teacher_online else (transfer_copies if transfer_copies is not None
                                        else DEFAULTS["transfer_copies"][gpu])
-    check_options(objectives, copies_sweep, teacher_online, teachers or teacher_models, students)
+    check_options(objectives, copies_sweep, teacher_online, teachers or teacher_models, students, lr_widen)
     started = time.perf_counter()
     folder = lab_folder(out, NAME)
     budget = dataclasses.replace(budget, data="fashion-mnist")
@@ -161,7 +198,7 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
     roster = [Student(s, s, tuple(objectives)) for s in students] + [conv_student(n, objectives) for n in conv_layers]
     groups = {f"{s.label} {o}": student_runs(s, o, lr_grid(s, lrs, lr_search), teaching, shown_copies, recipe)
               for s in roster for o in s.objectives}
-    per_seed, search = chosen_by_validation(folder, groups, budget)
+    per_seed, search = chosen_by_validation(folder, groups, budget, lr_widen)
 
     main = roster[0]
     # the K sweep: the first student by mimicry and its label twin at each K, each at the rate chosen at the lab's K
@@ -182,13 +219,13 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
     pairs = comparison_pairs(roster, copies_sweep, shown_copies)
     flags = [*command, *budget.flags(), *_flags(teachers, teacher_models, teacher_epochs, students, objectives,
                                                  conv_layers, copies, copies_sweep, teacher_online, temperature,
-                                                 cutout, lrs, lr_search)]
+                                                 cutout, lrs, lr_search, lr_widen)]
     unlisted = [*teacher_rows, *(r for r in search if not r["chosen"])]  # runs the report's "runs" leave out
     report = lab_report(NAME, budget, flags, started, per_seed, rows, pairs, teacher=teacher,
                         other_train_seconds=sum(r.get("train_seconds") or 0.0 for r in unlisted),
                         teacher_epochs=None if teachers else teacher_epochs,
                         transfer_copies=shown_copies, copies_sweep=copies_sweep, temperature=temperature,
-                        cutout=cutout, lr_search=[_search_row(r) for r in search],
+                        cutout=cutout, lr_widen=lr_widen, lr_search=[_search_row(r) for r in search],
                         recipes={"shallow": MIMIC_RECIPE, "other": "TrainConfig defaults", "teacher": TEACHER_RECIPE})
     report["targets"] = check_targets(report, roster[0].label)
     write_report(report, folder, results)
@@ -204,7 +241,7 @@ def write_report(report: dict[str, Any], folder: Path, results: str | None = Non
 
 
 def check_options(objectives: Sequence[str], copies_sweep: Sequence[int], online: bool, teachers: Sequence[str],
-                  students: Sequence[str]) -> None:
+                  students: Sequence[str], lr_widen: int = 0) -> None:
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown or not objectives:
         raise LabError(f"--objectives must be among {', '.join(OBJECTIVES)}, got {' '.join(objectives) or 'none'}")
@@ -215,6 +252,8 @@ def check_options(objectives: Sequence[str], copies_sweep: Sequence[int], online
     if online and copies_sweep:
         raise LabError("--copies-sweep compares cached transfer sets; with --teacher-online pass --copies-sweep "
                        "with no values")
+    if lr_widen < 0:
+        raise LabError(f"--lr-widen must be >= 0 (0: the grid alone), got {lr_widen}")
     if not teachers or not students:
         raise LabError("the lab needs at least one teacher (--teacher or --teacher-models) and one --students")
 
@@ -297,10 +336,16 @@ def notes(report: dict[str, Any]) -> str:
             f"images on which the student's class is the teacher's.\n\n## Transfer set\n\nEvery student, on every "
             f"objective, trains on {transfer}: the label twin sees the same images in the same order. kd uses "
             f"temperature {meta['temperature']:g}.\n\n## Learning rate, chosen on validation\n\nEach (student, "
-            f"objective) trained at every rate with the first seed; the rate of the highest final validation "
-            f"accuracy was kept and run with the other seeds. The K sweep runs each objective at the rate chosen "
-            f"for it at the lab's K.\n\n{search}\n\n## Targets\n\n"
+            f"objective) trained at every rate with the first seed{_widen_text(meta)}; the rate of the highest "
+            f"final validation accuracy was kept and run with the other seeds. The K sweep runs each objective at "
+            f"the rate chosen for it at the lab's K.\n\n{search}\n\n## Targets\n\n"
             + "\n".join(f"- {line}" for line in target_lines(report)))
+
+
+def _widen_text(meta: dict[str, Any]) -> str:
+    widen = meta.get("lr_widen", 0)  # absent in reports written before the grid widened itself
+    return (f" (where the best rate was at an edge of the grid, up to {widen} more rate(s) past that edge, one at a "
+            "time, the grid's ratio continued)" if widen else "")
 
 
 def _edge_note(search: Sequence[dict[str, Any]]) -> str:
@@ -321,14 +366,16 @@ def _search_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def _flags(teachers: Sequence[str], teacher_models: Sequence[str], teacher_epochs: int, students: Sequence[str],
            objectives: Sequence[str], conv_layers: Sequence[int], copies: int, copies_sweep: Sequence[int],
-           online: bool, temperature: float, cutout: int, lrs: Sequence[float] | None, search: bool) -> list[str]:
+           online: bool, temperature: float, cutout: int, lrs: Sequence[float] | None, search: bool,
+           widen: int) -> list[str]:
     """The lab's own flags, to reproduce the run."""
     parts = (["--teacher", *teachers] if teachers else
              ["--teacher-models", *teacher_models, "--teacher-epochs", str(teacher_epochs)])
     parts += ["--students", *students, "--objectives", *objectives, "--conv-layers", *map(str, conv_layers),
               "--copies-sweep", *map(str, copies_sweep), "--temperature", f"{temperature:g}", "--cutout", str(cutout)]
     parts += ["--teacher-online"] if online else ["--transfer-copies", str(copies)]
-    return parts + (["--lrs", *(f"{lr:g}" for lr in lrs)] if lrs else []) + ([] if search else ["--no-lr-search"])
+    parts += ["--lrs", *(f"{lr:g}" for lr in lrs)] if lrs else []
+    return parts + (["--lr-widen", str(widen)] if search else ["--no-lr-search"])
 
 
 def cmd_mimic(args: argparse.Namespace) -> None:
@@ -338,7 +385,8 @@ def cmd_mimic(args: argparse.Namespace) -> None:
         teacher_epochs=args.teacher_epochs or (1 if args.quick else None), students=args.students,
         objectives=args.objectives, conv_layers=args.conv_layers, transfer_copies=args.transfer_copies,
         copies_sweep=args.copies_sweep, teacher_online=args.teacher_online, temperature=args.temperature,
-        cutout=args.cutout, lrs=args.lrs, lr_search=args.lr_search and not args.quick, results=args.results)
+        cutout=args.cutout, lrs=args.lrs, lr_search=args.lr_search and not args.quick, lr_widen=args.lr_widen,
+        results=args.results)
     print(f"teacher: {report['meta']['teacher']['test_accuracy']:.2f}% test")
     for line in target_lines(report):
         print(line)
@@ -370,5 +418,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "for the others)")
     p.add_argument("--lr-search", action=argparse.BooleanOptionalAction, default=True, help="choose each "
                    "student's rate on validation (--no-lr-search and --quick: its recipe's rate)")
+    p.add_argument("--lr-widen", type=int, default=LR_WIDEN, metavar="N", help="where the best rate is at an edge "
+                   "of the grid, try up to N more past that edge, one at a time, the grid's ratio continued "
+                   "(default: %(default)s; 0: the grid alone)")
     add_common_args(p, NAME, epochs=CPU_EPOCHS, max_train_samples=0, latency=False)
     p.set_defaults(func=cmd_mimic)
