@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/bench_latency.py --out docs/results                  # CPU -> latency.{json,md}
     python benchmarks/bench_latency.py --device cuda --out docs/results            # GPU -> latency-gpu.{json,md}
 
-Each model goes through nondeep.bench.benchmark_model with the forms of nondeep.inference: its forms are timed
-side by side, in one section per thread regime (torch on N threads, ONNX Runtime, stream-parallel threads) and
-interleaved rounds within and across sections; each row records its precision, threads, load average, its
-output's relative error against the fused float32 eager model, and its fraction of the roof (the highest rate
-measured in this run: a large matmul and a large conv in the form's precision; nondeep.inference.roof).
+Each model gets the forms of nondeep.inference (nondeep.bench.prepare_model), and the models of a suite (224, then
+28) are timed side by side (nondeep.bench.time_models): one section per thread regime (torch on N threads, ONNX
+Runtime, stream-parallel threads), every form of every model in interleaved rounds within and across sections.
+Each row records its precision, threads, load average, its output's relative error against the fused float32
+eager model, and its fraction of the roof (the highest rate measured in this run: a large matmul and a large conv
+in the form's precision; nondeep.inference.roof).
 
 - CPU preset: ParNet-S vs torchvision ResNet-18/34/50 at 3x224x224, and parnet_tiny vs pre-act ResNet-20/56 and
   the small-image ResNet-18 at 1x28x28; batch 1; unfused and fused, channels_last, onnxruntime, streams, and
@@ -32,7 +33,7 @@ import torch
 
 from _common import machine  # benchmarks/_common.py (the script's folder is on sys.path)
 
-from nondeep.bench import benchmark_model, check_row, refresh_roof
+from nondeep.bench import check_row, prepare_model, refresh_roof, time_models
 from nondeep.inference import TOLERANCE, device_info, measure_roof
 from nondeep.report import format_table, write_json, write_text
 
@@ -64,33 +65,38 @@ def _results(info: dict[str, Any], roof: Any, rows: list[dict[str, Any]], failur
 def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] = lambda results: None
         ) -> dict[str, Any]:
     """Every suite's rows, the roof measured before and after; `progress` gets the results so far after each
-    model (its roof the one measured at the start), so a run cut short keeps what it measured."""
+    suite (its roof the one measured at the start), so a run cut short keeps what it measured."""
     device = torch.device(args.device)
     kind = device.type
     torch.set_num_threads(args.threads)
     info = {**device_info(device), "command": machine()["command"], "date": machine()["date"],
-            "nice": os.nice(0), "threads": args.threads}
+            "nice": os.nice(0), "threads": args.threads, "interleaved": "models of a suite"}
     log(f"{info['cpu_model']} / {info.get('gpu')}: load average {info['loadavg']}, nice {info['nice']}")
     roof = measure_roof(device, tuple(PRECISIONS[kind]), args.threads, onnxruntime=kind == "cpu")
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    suites = [(m, (3, 224, 224)) for m in args.models_224] + [(m, (1, 28, 28)) for m in args.models_28]
+    suites = [(args.models_224, (3, 224, 224)), (args.models_28, (1, 28, 28))]
+    total, done = len(args.models_224) + len(args.models_28), 0
     start = time.time()
-    for done, (name, size) in enumerate(suites, start=1):
-        forms = FORMS[kind] + ([COMPILE_FORM[kind]] if name in args.compile_models else [])
-        log(f"{name} at {'x'.join(map(str, size))}: {', '.join(forms)}")
-        rows += benchmark_model(name, size, args.batch_sizes or BATCHES[kind], args.threads, device,
-                                fused_and_unfused=kind == "cpu" and size[-1] == 224, repeats=args.repeats,
-                                warmup=args.warmup, forms=forms, precisions=PRECISIONS[kind],
-                                thread_counts=sorted({args.threads, 1}, reverse=True), roof=roof,
-                                failures=failures, in_chans=size[0])
-        progress(_results(info, roof, rows, failures, args, start, done, len(suites)))
+    for names, size in suites:  # a suite's models side by side, in the same interleaved rounds
+        prepared = []
+        for name in names:
+            forms = FORMS[kind] + ([COMPILE_FORM[kind]] if name in args.compile_models else [])
+            log(f"{name} at {'x'.join(map(str, size))}: {', '.join(forms)}")
+            prepared.append(prepare_model(name, size, args.threads, device, kind == "cpu" and size[-1] == 224,
+                                          forms=forms, precisions=PRECISIONS[kind], in_chans=size[0],
+                                          thread_counts=sorted({args.threads, 1}, reverse=True), failures=failures))
+        log(f"timing {len(prepared)} models at {'x'.join(map(str, size))} side by side")
+        rows += time_models(prepared, args.batch_sizes or BATCHES[kind], args.threads, device, args.repeats,
+                            args.warmup, roof=roof)
+        done += len(names)
+        progress(_results(info, roof, rows, failures, args, start, done, total))
     # Measured again after: the roof is the highest rate seen on the device in the run.
     roof = roof.merge(measure_roof(device, tuple(PRECISIONS[kind]), args.threads, onnxruntime=kind == "cpu"))
     refresh_roof(rows, roof)
     for row in rows:
         check_row(row)  # a roof fraction above 1 stops the run, nothing written: the roof would not be a roof
-    return _results(info, roof, rows, failures, args, start, len(suites), len(suites))
+    return _results(info, roof, rows, failures, args, start, total, total)
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -203,6 +209,9 @@ def markdown(results: dict[str, Any]) -> str:
              f"- load average (1, 5, 15 min) at the start {', '.join(f'{v:.2f}' for v in meta['loadavg'])}, at the "
              f"end {', '.join(f'{v:.2f}' for v in meta['loadavg_after'])} (the machine is shared; each row records "
              "its section's 1-min load before and after)",
+             *(["- timing: the models of a suite (224, then 28) side by side, every form of every model in the "
+                "same interleaved rounds"] if meta.get("interleaved") else
+               ["- timing: one model after another, the forms of a model in interleaved rounds"]),
              f"- threads: {meta['threads']} intra-op unless a row says 1; batch sizes "
              f"{sorted({r['infer_batch_size'] for r in rows})}; untrained weights (random BN statistics do not "
              "change the time)",
@@ -263,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         args.compile_models = ["parnet_s"] if kind == "cuda" else ["parnet_s", "parnet_tiny", "preact_resnet_20"]
     args.repeats = args.repeats or (60 if kind == "cuda" else 30)
     torch.manual_seed(0)
-    partial = out / f"{stem}-partial.json"  # after each model: what a run cut short (a timeout) measured
+    partial = out / f"{stem}-partial.json"  # after each suite: what a run cut short (a timeout) measured
     results = run(args, progress=lambda so_far: write_json(partial, so_far))
     write_json(out / f"{stem}.json", results)
     write_text(out / f"{stem}.md", markdown(results))

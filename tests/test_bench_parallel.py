@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import randomize_bn
-from nondeep import create_model, reparameterize_model
+from nondeep import bench, create_model, reparameterize_model
 from nondeep.bench import FORMS, ROW_FIELDS, benchmark_model, check_row, speedup
 from nondeep.timing import summarize
 from nondeep.cli import main
@@ -142,6 +142,29 @@ def test_benchmark_model_without_fusable_blocks_is_eager():
     rows = benchmark_model("preact_resnet_20", input_size=(1, 28, 28), batch_sizes=(1,), repeats=2, warmup=0,
                            peak_gflops=100.0)
     assert [r["form"] for r in rows] == ["eager"] and rows[0]["roof_gflops"] == 100.0
+
+
+def test_models_timed_side_by_side_share_their_sections_and_rounds(monkeypatch):
+    """time_models puts every form of every model into the same sections, so a slow spell hits them alike."""
+    seen = []
+    real = bench.time_sections
+
+    def spy(sections, *args, **kwargs):
+        seen.append({name: len(fns) for name, (_, fns) in sections.items()})
+        return real(sections, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "time_sections", spy)
+    models = [bench.prepare_model(name, (1, 28, 28), threads=2, fused_and_unfused=False, forms=["channels_last"])
+              for name in ("parnet_tiny", "preact_resnet_20")]
+    rows = bench.time_models(models, batch_sizes=(1, 2), threads=2, repeats=2, warmup=0, peak_gflops=1e4)
+    assert seen == [{"torch 2 threads": 4}] * 2  # one timing per batch size, both models' two forms in it
+    assert [(r["model"], r["infer_batch_size"], r["form"]) for r in rows] == [
+        (m, b, f) for m, f0 in (("parnet_tiny", "fused"), ("preact_resnet_20", "eager"))
+        for b in (1, 2) for f in (f0, "channels_last")]
+    assert all(r["rel_err"] <= r["tolerance"] for r in rows if r["form"] == "channels_last")
+    assert len({r["date"] for r in rows if r["infer_batch_size"] == 1}) == 1
+    with pytest.raises(NondeepError, match="repeats"):
+        bench.check_timing((1,), 0, 0)
 
 
 def test_cli_bench_writes_json_md_and_plot(tmp_path, capsys):

@@ -324,24 +324,26 @@ def test_latency_script_runs_end_to_end_on_a_cpu(tmp_path, monkeypatch):
     assert (tmp_path / "latency.md").read_text() == text
 
 
-def test_a_latency_run_cut_short_keeps_the_models_it_measured(tmp_path, monkeypatch):
+def test_a_latency_run_cut_short_keeps_the_suites_it_measured(tmp_path, monkeypatch):
     script = load_script("bench_latency")
     fixed = Roof("cpu", 1, [RoofComponent("conv", "float32", "torch", "fixed", 1e4, 1)])
     monkeypatch.setattr(script, "measure_roof", lambda *args, **kwargs: fixed)
-    real, calls = script.benchmark_model, []
+    real, calls = script.time_models, []
 
-    def benchmark(name, *args, **kwargs):
-        calls.append(name)
+    def time_models(models, *args, **kwargs):
+        calls.append([m.label for m in models])
         if len(calls) == 2:
-            raise KeyboardInterrupt  # a timeout's SIGTERM, a crash: the second model never finishes
-        return real(name, *args, **kwargs)
+            raise KeyboardInterrupt  # a timeout's SIGTERM, a crash: the second suite never finishes
+        return real(models, *args, **kwargs)
 
-    monkeypatch.setattr(script, "benchmark_model", benchmark)
+    monkeypatch.setattr(script, "time_models", time_models)
     with pytest.raises(KeyboardInterrupt):
-        script.main(["--device", "cpu", "--models-224", "--models-28", "preact_resnet_20", "parnet_tiny",
+        script.main(["--device", "cpu", "--models-224", "preact_resnet_20", "--models-28", "parnet_tiny",
                      "--compile-models", "--repeats", "2", "--warmup", "0", "--threads", "1", "--out", str(tmp_path)])
+    assert calls == [["preact_resnet_20"], ["parnet_tiny"]]
     partial = json.loads((tmp_path / "latency-partial.json").read_text())
     assert {r["model"] for r in partial["rows"]} == {"preact_resnet_20"} and not (tmp_path / "latency.json").exists()
+    assert {r["input_size"][-1] for r in partial["rows"]} == {224}
     assert (partial["meta"]["models_done"], partial["meta"]["models"]) == (1, 2)
     assert script.main(["--render", str(tmp_path / "latency-partial.json"), "--out", str(tmp_path)]) == 0
     assert "- **partial**: the run stopped after 1 of 2 models" in (tmp_path / "latency.md").read_text()

@@ -1,7 +1,10 @@
 """Inference benchmarks: latency, throughput and the fraction of the device's roof, for every inference form.
 
-    from nondeep.bench import benchmark_model
+    from nondeep.bench import benchmark_model, prepare_model, time_models
     rows = benchmark_model("parnet_s", batch_sizes=(1, 32), threads=2, forms=["onnxruntime", "streams"])
+    # models side by side: every form of every model in the same interleaved rounds
+    models = [prepare_model(m, threads=2, forms=["onnxruntime"]) for m in ("parnet_s", "torchvision:resnet50")]
+    rows = time_models(models, batch_sizes=(1,), threads=2)
 
 Each row uses timm's benchmark.py field names where the meaning is the same (`model`, `param_count` in
 millions, `infer_samples_per_sec`, `infer_step_time` in ms per batch, `infer_batch_size`, `infer_img_size`,
@@ -15,11 +18,11 @@ nondeep.inference `rel_err` (against the fused float32 eager model, same input) 
 
 Timing: the candidates are grouped in sections, one per thread regime (torch on N intra-op threads; ONNX
 Runtime on its own pool; stream-parallel threads, which switch the caller's thread count inside each call), so
-that no thread count changes between the calls of one section. Within a section the candidates are timed in
-interleaved rounds (A, B, A, B, ...); the sections themselves take turns round by round, each visit starting
-with untimed calls that let the previous section's thread pools go quiet. `background_cpu` records how busy
-the CPUs were (other processes) just before timing, `loadavg_before` / `_after` the 1-min load average at the
-start and end of the candidate's section.
+that no thread count changes between the calls of one section. Within a section the candidates (of one model,
+or of several with time_models) are timed in interleaved rounds (A, B, A, B, ...); the sections themselves take
+turns round by round, each visit starting with untimed calls that let the previous section's thread pools go
+quiet. `background_cpu` records how busy the CPUs were (other processes) just before timing, `loadavg_before` /
+`_after` the 1-min load average at the start and end of the candidate's section.
 """
 
 from __future__ import annotations
@@ -218,50 +221,57 @@ def runner_candidate(runner: Runner, model: str, input_size: Sequence[int], flop
                      precision=runner.precision, threads=runner.threads, section=runner.section)
 
 
-def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | None = None,
-                    batch_sizes: Sequence[int] = (1, 32), threads: int | None = None,
-                    device: str | torch.device = "cpu", fused_and_unfused: bool = True,
-                    channels_last: bool = False, compile: bool = False, stream_parallel: bool = False,
-                    repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP, *, forms: Sequence[str] = (),
-                    precisions: Sequence[str] = ("float32",), in_chans: int | None = None,
-                    num_classes: int | None = None, peak_gflops: float | None = None, roof: Roof | None = None,
-                    model_name: str | None = None, rounds: int | None = None, quiet_wait_s: float = 0.0,
-                    thread_counts: Sequence[int] | None = None,
-                    failures: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Time one model's inference forms at each batch size; one row (dict, see ROW_FIELDS) per (batch, form,
-    precision).
-
-    name_or_model: a registry name (anything nondeep.create_model takes, e.g. "parnet_s",
-        "torchvision:resnet18") or an nn.Module (`model_name` labels it).
-    input_size: (C, H, W); default the model's config. in_chans/num_classes go to create_model.
-    threads: intra-op threads for the timing (restored afterwards); default torch's current count.
-    fused_and_unfused: time the training form (eval mode) next to the fused one; a model with nothing to fuse
-        is timed once, as form "eager". These rows are float32, in the layout `channels_last` says.
-    forms: forms of nondeep.inference (FORMS there: "channels_last", "compiled", "onnxruntime", "streams",
-        "graph", "streams_graph", "compiled_graph", or "eager" in a reduced precision) built on the fused model,
-        in each of `precisions`; `compile` adds "compiled" and `stream_parallel` adds "streams". A form the
-        device cannot run is a NondeepError; a streams form on a model without streams is skipped (logged).
-        Each form's output is compared with the fused float32 eager model's on the timed input (`rel_err`,
-        `tolerance` in its rows); a form that fails to build is logged and appended to `failures`. An item
-        "FORM:PRECISION" (e.g. "compiled_graph:float16") is built in that precision only.
-    thread_counts: on a CPU, the intra-op thread counts of the torch and ONNX Runtime forms (default
-        [threads]); each count is a timing section of its own. Compiled and streams forms use `threads`.
-    repeats/warmup: timed/untimed calls per form and batch size (see time_candidates for the sections).
-    roof / peak_gflops: the roof; default measured now (nondeep.inference.roof.measure_roof).
-    quiet_wait_s: wait up to this long for other processes to leave the CPUs before timing.
-    """
-    device = resolve_device(device)
+def check_timing(batch_sizes: Sequence[int], repeats: int, warmup: int) -> None:
+    """Bad timing arguments fail before any model is built."""
     if repeats < 1 or warmup < 0:
         raise NondeepError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise NondeepError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+
+
+@dataclass
+class PreparedModel:
+    """One model made ready to time (prepare_model): its candidates, the fused and unfused modules first, then the
+    forms of nondeep.inference (`runners`), and the fused float32 eager model that checks their outputs."""
+    label: str
+    input_size: tuple[int, ...]
+    eager: nn.Module
+    memory_format: torch.memory_format
+    modules: int  # how many of the candidates are plain modules (fused, unfused), before the runners
+    runners: list[Runner]
+    candidates: list[Candidate]
+
+    def inputs(self, batch: int, device: torch.device) -> tuple[list[torch.Tensor], list[float]]:
+        """One prepared input per candidate at `batch`, and each runner's relative error on it against the fused
+        float32 eager model."""
+        x = torch.randn(int(batch), *self.input_size, device=device)
+        with torch.inference_mode(), precision_flags("float32", device):
+            reference = self.eager(x.contiguous(memory_format=self.memory_format))
+        inputs = [x.contiguous(memory_format=self.memory_format) for _ in range(self.modules)]
+        errors = []
+        for r in self.runners:
+            inputs.append(r.prepare(x))
+            errors.append(relative_error(r(x), reference))
+        return inputs, errors
+
+    def close(self) -> None:
+        for r in self.runners:
+            r.close()
+
+
+def prepare_model(name_or_model: str | nn.Module, input_size: Sequence[int] | None = None,
+                  threads: int | None = None, device: str | torch.device = "cpu", fused_and_unfused: bool = True,
+                  channels_last: bool = False, *, forms: Sequence[str] = (), precisions: Sequence[str] = ("float32",),
+                  in_chans: int | None = None, num_classes: int | None = None, model_name: str | None = None,
+                  thread_counts: Sequence[int] | None = None,
+                  failures: list[dict[str, Any]] | None = None) -> PreparedModel:
+    """Build a model's candidates for time_models (the arguments are benchmark_model's)."""
+    device = resolve_device(device)
     model, label, size = build_model(name_or_model, input_size, in_chans, num_classes)
     label = model_name or label
     threads = threads or torch.get_num_threads()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    forms = list(dict.fromkeys([*forms, *(["compiled"] if compile else []), *(["streams"] if stream_parallel else [])]))
     precisions = list(dict.fromkeys(resolve_precision(p) for p in precisions))
-
     model = model.eval()
     runners: list[Runner] = []
     with intra_op_threads(threads):
@@ -273,7 +283,7 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
         fusable = _has_fusable_blocks(model)
         eager = reparameterize_model(model) if fusable else model
         wanted = []
-        for item in forms:
+        for item in dict.fromkeys(forms):
             form, _, only = item.partition(":")
             for _, precision in ([(form, resolve_precision(only))] if only else requested_pairs([form], precisions)):
                 one_count = device.type != "cpu" or form == "compiled" or (
@@ -296,6 +306,8 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
             try:
                 runners.append(build_runner(eager, form, device, precision, count, example, variants))
             except NondeepError:
+                for r in runners:
+                    r.close()
                 raise
             except Exception as err:  # a compiler or a capture that fails: report it, time the rest
                 log.warning("%s: form %s (%s) failed to build: %s: %s", label, form, precision,
@@ -311,37 +323,95 @@ def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | 
             for c in candidates:
                 c.fn = _strict_float32(c.fn, device)
         candidates += [runner_candidate(r, label, size, flops, params, depth) for r in runners]
-        measured_here = roof is None and not peak_gflops
-        if measured_here:
-            roof = measure_roof(device, tuple(precisions), threads, onnxruntime=any(
-                r.form == "onnxruntime" for r in runners))
+    return PreparedModel(label, size, eager, memory_format, len(base), runners, candidates)
+
+
+def time_models(models: Sequence[PreparedModel], batch_sizes: Sequence[int] = (1, 32), threads: int | None = None,
+                device: str | torch.device = "cpu", repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP,
+                *, peak_gflops: float | None = None, roof: Roof | None = None, rounds: int | None = None,
+                quiet_wait_s: float = 0.0) -> list[dict[str, Any]]:
+    """Time every candidate of every model side by side: at each batch size all of them in the same sections and
+    interleaved rounds (time_candidates), so that a slower spell of the machine hits every model alike. Rows
+    model by model, then batch size, then candidate; each runner's row has its `rel_err` and `tolerance`.
+    The roof is `roof`, else `peak_gflops`, else measured before and after the timing. Closes the models."""
+    device = resolve_device(device)
+    check_timing(batch_sizes, repeats, warmup)
+    threads = threads or torch.get_num_threads()
+    every = [c for m in models for c in m.candidates]
+    precisions = tuple(dict.fromkeys(c.precision for c in every))
+    onnxruntime = any(c.form == "onnxruntime" for c in every)
+    measured_here = roof is None and not peak_gflops
     try:
-        rows: list[dict[str, Any]] = []
+        if measured_here:
+            with intra_op_threads(threads):
+                roof = measure_roof(device, precisions, threads, onnxruntime=onnxruntime)
+        per_model: list[list[dict[str, Any]]] = [[] for _ in models]
         for batch in batch_sizes:
-            x = torch.randn(int(batch), *size, device=device)
-            with torch.inference_mode(), precision_flags("float32", device):
-                reference = eager(x.contiguous(memory_format=memory_format))
-            inputs = [x.contiguous(memory_format=memory_format) for _ in base]
-            errors = []
-            for r in runners:
-                inputs.append(r.prepare(x))
-                errors.append(relative_error(r(x), reference))
-            batch_rows = time_candidates(candidates, int(batch), repeats, warmup, threads, device, peak_gflops,
-                                         rounds, quiet_wait_s, roof=roof, inputs=inputs)
-            for row, r, err in zip(batch_rows[len(base):], runners, errors):
-                row.update(rel_err=err, tolerance=TOLERANCE[r.precision])
-                if not err <= TOLERANCE[r.precision]:
-                    log.warning("%s: form %s (%s) differs from the fused eager model by %.3g (relative; tolerance "
-                                "%g) at batch %d", label, r.form, r.precision, err, TOLERANCE[r.precision], batch)
-            rows += batch_rows
+            inputs, errors = [], []
+            for m in models:
+                model_inputs, model_errors = m.inputs(int(batch), device)
+                inputs += model_inputs
+                errors.append(model_errors)
+            batch_rows = time_candidates(every, int(batch), repeats, warmup, threads, device, peak_gflops, rounds,
+                                         quiet_wait_s, roof=roof, inputs=inputs)
+            for i, m in enumerate(models):
+                rows, batch_rows = batch_rows[:len(m.candidates)], batch_rows[len(m.candidates):]
+                for row, r, err in zip(rows[m.modules:], m.runners, errors[i]):
+                    row.update(rel_err=err, tolerance=TOLERANCE[r.precision])
+                    if not err <= TOLERANCE[r.precision]:
+                        log.warning("%s: form %s (%s) differs from the fused eager model by %.3g (relative; "
+                                    "tolerance %g) at batch %d", m.label, r.form, r.precision, err,
+                                    TOLERANCE[r.precision], batch)
+                per_model[i] += rows
+        rows = [row for model_rows in per_model for row in model_rows]
         if measured_here:  # measured again after: the roof is the best rate seen in the run
             with intra_op_threads(threads):
-                refresh_roof(rows, roof.merge(measure_roof(device, tuple(precisions), threads, onnxruntime=any(
-                    r.form == "onnxruntime" for r in runners))))
+                refresh_roof(rows, roof.merge(measure_roof(device, precisions, threads, onnxruntime=onnxruntime)))
     finally:
-        for r in runners:
-            r.close()
+        for m in models:
+            m.close()
     return rows
+
+
+def benchmark_model(name_or_model: str | nn.Module, input_size: Sequence[int] | None = None,
+                    batch_sizes: Sequence[int] = (1, 32), threads: int | None = None,
+                    device: str | torch.device = "cpu", fused_and_unfused: bool = True,
+                    channels_last: bool = False, compile: bool = False, stream_parallel: bool = False,
+                    repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP, *, forms: Sequence[str] = (),
+                    precisions: Sequence[str] = ("float32",), in_chans: int | None = None,
+                    num_classes: int | None = None, peak_gflops: float | None = None, roof: Roof | None = None,
+                    model_name: str | None = None, rounds: int | None = None, quiet_wait_s: float = 0.0,
+                    thread_counts: Sequence[int] | None = None,
+                    failures: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Time one model's inference forms at each batch size; one row (dict, see ROW_FIELDS) per (batch, form,
+    precision). Several models side by side: prepare_model each, then time_models.
+
+    name_or_model: a registry name (anything nondeep.create_model takes, e.g. "parnet_s",
+        "torchvision:resnet18") or an nn.Module (`model_name` labels it).
+    input_size: (C, H, W); default the model's config. in_chans/num_classes go to create_model.
+    threads: intra-op threads for the timing (restored afterwards); default torch's current count.
+    fused_and_unfused: time the training form (eval mode) next to the fused one; a model with nothing to fuse
+        is timed once, as form "eager". These rows are float32, in the layout `channels_last` says.
+    forms: forms of nondeep.inference (FORMS there: "channels_last", "compiled", "onnxruntime", "streams",
+        "graph", "streams_graph", "compiled_graph", or "eager" in a reduced precision) built on the fused model,
+        in each of `precisions`; `compile` adds "compiled" and `stream_parallel` adds "streams". A form the
+        device cannot run is a NondeepError; a streams form on a model without streams is skipped (logged).
+        Each form's output is compared with the fused float32 eager model's on the timed input (`rel_err`,
+        `tolerance` in its rows); a form that fails to build is logged and appended to `failures`. An item
+        "FORM:PRECISION" (e.g. "compiled_graph:float16") is built in that precision only.
+    thread_counts: on a CPU, the intra-op thread counts of the torch and ONNX Runtime forms (default
+        [threads]); each count is a timing section of its own. Compiled and streams forms use `threads`.
+    repeats/warmup: timed/untimed calls per form and batch size (see time_candidates for the sections).
+    roof / peak_gflops: the roof; default measured now (nondeep.inference.roof.measure_roof).
+    quiet_wait_s: wait up to this long for other processes to leave the CPUs before timing.
+    """
+    check_timing(batch_sizes, repeats, warmup)
+    forms = [*forms, *(["compiled"] if compile else []), *(["streams"] if stream_parallel else [])]
+    prepared = prepare_model(name_or_model, input_size, threads, device, fused_and_unfused, channels_last,
+                             forms=forms, precisions=precisions, in_chans=in_chans, num_classes=num_classes,
+                             model_name=model_name, thread_counts=thread_counts, failures=failures)
+    return time_models([prepared], batch_sizes, threads, device, repeats, warmup, peak_gflops=peak_gflops,
+                       roof=roof, rounds=rounds, quiet_wait_s=quiet_wait_s)
 
 
 def refresh_roof(rows: Sequence[dict[str, Any]], roof: Roof) -> None:
@@ -386,6 +456,6 @@ def speedup(rows: Sequence[dict[str, Any]], slow: str, fast: str, batch_size: in
     return a["infer_step_time"] / b["infer_step_time"] if a and b else None
 
 
-__all__ = ["benchmark_model", "build_model", "resolve_device", "Candidate", "module_candidate",
-           "runner_candidate", "refresh_roof", "time_candidates", "check_row", "speedup", "FORMS", "ROW_FIELDS", "TABLE_COLUMNS",
-           "DEFAULT_REPEATS", "DEFAULT_WARMUP"]
+__all__ = ["benchmark_model", "prepare_model", "time_models", "PreparedModel", "build_model", "resolve_device",
+           "Candidate", "module_candidate", "runner_candidate", "refresh_roof", "time_candidates", "check_row",
+           "check_timing", "speedup", "FORMS", "ROW_FIELDS", "TABLE_COLUMNS", "DEFAULT_REPEATS", "DEFAULT_WARMUP"]

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..bench import (DEFAULT_REPEATS, DEFAULT_WARMUP, TABLE_COLUMNS, benchmark_model, build_model, check_row,
-                     refresh_roof, resolve_device)
+from ..bench import (DEFAULT_REPEATS, DEFAULT_WARMUP, TABLE_COLUMNS, build_model, check_row, check_timing,
+                     prepare_model, refresh_roof, resolve_device, time_models)
 from ..errors import NondeepError
 from ..inference import (FORMS, PRECISIONS, check_form, device_info, machine_line, measure_roof, requested_pairs,
                          resolve_precision)
@@ -74,6 +74,7 @@ def check_request(forms: Sequence[str], precisions: Sequence[str], device: torch
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise NondeepError(f"--threads must be >= 1, got {args.threads}")
+    check_timing(args.batch_sizes, args.repeats, args.warmup)
     accuracies = load_accuracies(args.accuracy) if args.accuracy else {}
     # Build every model first: a wrong name fails in a second, not after minutes of timing.
     models = [build_model(name, args.input_size, args.in_chans)[0] for name in args.models]
@@ -84,13 +85,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     threads = args.threads or torch.get_num_threads()
     # One roof for every model of the run: the highest rate measured, on the same threads and device.
     roof = measure_roof(device, tuple(precisions), threads, onnxruntime="onnxruntime" in forms)
-    rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    for name, model in zip(args.models, models):
-        rows += benchmark_model(model, args.input_size, args.batch_sizes, threads, device,
-                                fused_and_unfused=not args.fused_only, channels_last=args.channels_last,
-                                repeats=args.repeats, warmup=args.warmup, forms=forms, precisions=precisions,
-                                roof=roof, model_name=name, failures=failures)
+    # Every form of every model in the same interleaved rounds: the models are compared side by side.
+    prepared = [prepare_model(model, args.input_size, threads, device, not args.fused_only, args.channels_last,
+                              forms=forms, precisions=precisions, model_name=name, failures=failures)
+                for name, model in zip(args.models, models)]
+    rows = time_models(prepared, args.batch_sizes, threads, device, args.repeats, args.warmup, roof=roof)
     # Measured again after the timing: the roof is the highest rate seen on the device in the run.
     roof = roof.merge(measure_roof(device, tuple(precisions), threads, onnxruntime="onnxruntime" in forms))
     refresh_roof(rows, roof)
@@ -142,8 +142,8 @@ def _default_plot_path(args: argparse.Namespace) -> Path:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency, throughput and roof fraction of inference forms, side by side",
                        description="Time inference of each model (fused and unfused, and the forms of "
-                       "nondeep.inference: compiled, onnxruntime, streams, CUDA graphs, ...) at each batch size; "
-                       "print a markdown table.")
+                       "nondeep.inference: compiled, onnxruntime, streams, CUDA graphs, ...) at each batch size, "
+                       "every form of every model in the same interleaved rounds; print a markdown table.")
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="registered names (nondeep models), or torchvision:NAME where supported")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's current count)")
