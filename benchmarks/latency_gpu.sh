@@ -2,8 +2,8 @@
 # One go on a GPU machine (prepared for an H200; ~6-8 min): the CUDA tests of nondeep.inference and
 # nondeep.parallel, then docs/results/latency-gpu.{json,md} (ParNet-S/M/L/XL vs ResNet-18/34/50/101 at 224,
 # batch 1 and 64, and the 28x28 family; every form, float32 and float16; every graph replay's output checked
-# against the eager model). Cut short by BENCH_TIMEOUT, it leaves latency-gpu-partial.json (the models that
-# finished; `bench_latency.py --render` writes its markdown).
+# against the eager model; the models of a suite side by side). Cut short by BENCH_TIMEOUT, it leaves
+# latency-gpu-partial.json (the suites that finished, 224 first; `bench_latency.py --render` writes its markdown).
 #
 #   OUT=$OUT bash benchmarks/latency_gpu.sh          # results and the test log go to $OUT (default docs/results)
 #
