@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nondeep.experiments._lab import Budget
+from nondeep.experiments._lab import LR_WIDEN, Budget
 from nondeep.experiments.time_to_accuracy import DEFAULT_MODELS, run_time_to_accuracy
 
 
@@ -22,6 +22,9 @@ def main() -> None:
                         help="planned epoch counts tried on validation")
     parser.add_argument("--lr-grid", nargs="+", type=float, default=[],
                         help="peak learning rates tried on validation with every epoch count (default: the recipe's)")
+    parser.add_argument("--lr-widen", type=int, default=LR_WIDEN, metavar="N",
+                        help="where the chosen rate sits at an edge of --lr-grid, try up to N more past that edge, one "
+                        "at a time, the grid's ratio continued (default: %(default)s; 0: the grid alone)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
@@ -32,10 +35,12 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/time_to_accuracy", help="run folders; finished runs are reused")
     parser.add_argument("--out", help="also copy time_to_accuracy.json/.md here (e.g. docs/results)")
     args = parser.parse_args()
+    if args.lr_widen < 0:
+        parser.error(f"--lr-widen must be >= 0 (0: the grid alone), got {args.lr_widen}")
     budget = Budget(seeds=args.seeds, max_train_samples=args.max_train_samples or None, threads=args.threads,
                     device=args.device, data_dir=args.data_dir, progress=False, cpu_bf16=args.cpu_bf16)
     run_time_to_accuracy(args.runs, args.models, args.target, args.epoch_grid, budget, args.out,
-                         command=["python", *sys.argv], lr_grid=args.lr_grid)
+                         command=["python", *sys.argv], lr_grid=args.lr_grid, lr_widen=args.lr_widen)
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ def test_time_to_accuracy_tunes_the_learning_rate_on_validation_when_given_a_gri
     budget = Budget(seeds=1, max_train_samples=64, data_dir=str(tiny_fashion), progress=False)
     run_time_to_accuracy(tmp_path / "tta", ["mimic_snn_1k"], target=0.0, epoch_grid=(1,), budget=budget)
     report = run_time_to_accuracy(tmp_path / "tta", ["mimic_snn_1k"], target=0.0, epoch_grid=(1,), budget=budget,
-                                  lr_grid=(1e-3, TrainConfig.lr))  # the run at the recipe's lr is reused
+                                  lr_grid=(1e-3, TrainConfig.lr), lr_widen=0)  # the recipe's lr run is reused
     tried = report["tuning"]
     assert [t["lr"] for t in tried] == [1e-3, TrainConfig.lr] and sum(t["chosen"] for t in tried) == 1
     assert sorted(p.name for p in (tmp_path / "tta" / "tuning").iterdir()) == ["mimic_snn_1k-1ep",
@@ -297,6 +297,22 @@ def test_time_to_accuracy_tunes_the_learning_rate_on_validation_when_given_a_gri
     assert json.loads(measured.read_text())["config"]["lr"] == chosen["lr"]
     assert report["meta"]["lr_grid"] == [1e-3, TrainConfig.lr]
     assert "x peak learning rates [0.001, 0.2]" in (tmp_path / "tta" / "time_to_accuracy.md").read_text()
+
+
+def test_time_to_accuracy_widens_its_lr_grid_past_the_edge_where_the_chosen_rate_sits(tiny_fashion, tmp_path):
+    from nondeep.experiments.time_to_accuracy import choose_schedule, run_time_to_accuracy
+
+    budget = Budget(seeds=1, max_train_samples=64, data_dir=str(tiny_fashion), progress=False)
+    report = run_time_to_accuracy(tmp_path / "tta", ["mimic_snn_1k"], target=0.0, epoch_grid=(1, 2), budget=budget,
+                                  lr_grid=(1e-3, 2e-3), lr_widen=1)
+    tried = report["tuning"]
+    grid = [t for t in tried if t["lr"] in (1e-3, 2e-3)]
+    past = 5e-4 if choose_schedule(grid)["lr"] == 1e-3 else 4e-3  # a grid of two: its choice is at an edge
+    rates = sorted([1e-3, 2e-3, past])
+    assert [(t["epochs_planned"], t["lr"]) for t in tried] == [(e, lr) for e in (1, 2) for lr in rates]
+    assert [t["chosen"] for t in tried] == [t is choose_schedule(tried) for t in tried]
+    assert report["rows"][0]["lr_chosen_on_val"] == choose_schedule(tried)["lr"] and report["meta"]["lr_widen"] == 1
+    assert "up to 1 more past it" in (tmp_path / "tta" / "time_to_accuracy.md").read_text()
 
 
 def test_the_schedule_reaching_the_target_soonest_on_validation_is_chosen():

@@ -12,7 +12,7 @@ from nondeep.data import Augment, TensorLoader, build_loaders
 from nondeep.distill import CachedTargets, DistillLoss, OnlineTeacher, build_ensemble, distill, read_teachers
 from nondeep.distill.teacher import logits_over_images
 from nondeep.distill.transfer import TransferData, make_transfer_set
-from nondeep.experiments.mimic import beyond_edge
+from nondeep.experiments._lab import beyond_edge
 from nondeep.stats import welch
 from nondeep.train import TrainConfig, train
 

@@ -33,6 +33,7 @@ from .executor import CPU_WORKERS, EXECUTORS, Failure, StopLab, execute, plan_fo
 MATCH_TOLERANCE = 0.20  # widths come in steps of 8 channels; a model further than this from its target is refused
 QUICK = {"epochs": 1, "max_train_samples": 1000}  # the smoke budget (--quick)
 GPU_BUDGET = {"epochs": 30, "max_train_samples": None}  # where a GPU makes converged runs cheap
+LR_WIDEN = 2  # learning rates tried past a grid's edge, one at a time, while the best rate stays at that edge
 
 
 class LabError(NondeepError):
@@ -152,6 +153,16 @@ def add_latency_forms_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-forms", nargs="+", metavar="FORM",
                    help="the inference forms among which each model's latency takes its fastest (default: every "
                         "form the device runs; `nondeep bench --help` lists them)")
+
+
+def beyond_edge(rates: Sequence[float], best: float) -> float | None:
+    """The next rate past the edge of the grid `rates` at which `best` sits (the grid's outer ratio continued, to
+    3 significant digits); None when `best` is inside the grid or the grid has a single rate."""
+    grid = sorted(set(rates))
+    if len(grid) < 2 or best not in (grid[0], grid[-1]):
+        return None
+    edge, inner = (grid[0], grid[1]) if best == grid[0] else (grid[-1], grid[-2])
+    return float(f"{edge * edge / inner:.3g}")
 
 
 def on_gpu(device: str) -> bool:

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 from ..report import format_table
 from ..stats import estimate
 from ..train import TrainConfig
-from ._lab import Budget, LabError, Run, add_common_args, budget_from_args, lab_folder, on_gpu, run_all
+from ._lab import (LR_WIDEN, Budget, LabError, Run, add_common_args, beyond_edge, budget_from_args, lab_folder,
+                   on_gpu, run_all)
 from ._lab_report import aggregate, lab_report, publish
 
 NAME = "mimic"
@@ -41,7 +42,6 @@ OBJECTIVES: dict[str, dict[str, Any]] = {"labels": {"loss": "mimic", "alpha": 0.
 MIMIC_RECIPE: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-4, "schedule": "cosine",
                                 "warmup_epochs": 0.0, "label_smoothing": 0.0, "batch_size": 128}
 SHALLOW_LRS = (5e-4, 1e-3, 2e-3)
-LR_WIDEN = 2  # rates tried past a grid's edge, one at a time, while the best rate stays at that edge
 DEFAULT_LR = TrainConfig.lr
 OTHER_LRS = (0.1, 0.2, 0.4)
 TEACHER_RECIPE: dict[str, Any] = {"label_smoothing": 0.0}  # smoothing compresses the logits a mimic regresses
@@ -100,16 +100,6 @@ def lr_grid(student: Student, lrs: Sequence[float] | None, search: bool) -> tupl
     if not search:
         return (MIMIC_RECIPE["lr"] if is_shallow(student.model) else DEFAULT_LR,)
     return tuple(lrs or (SHALLOW_LRS if is_shallow(student.model) else OTHER_LRS))
-
-
-def beyond_edge(rates: Sequence[float], best: float) -> float | None:
-    """The next rate past the edge of the grid `rates` at which `best` sits (the grid's outer ratio continued, to
-    3 significant digits); None when `best` is inside the grid or the grid has a single rate."""
-    grid = sorted(set(rates))
-    if len(grid) < 2 or best not in (grid[0], grid[-1]):
-        return None
-    edge, inner = (grid[0], grid[1]) if best == grid[0] else (grid[-1], grid[-2])
-    return float(f"{edge * edge / inner:.3g}")
 
 
 def at_lr(run: Run, group: str, lr: float) -> Run:

@@ -6,7 +6,8 @@ ResNet-18 as a larger reference), each with its schedule chosen on validation:
    schedule spans it) and each peak learning rate of the lr grid (default: the recipe's) on the training set
    less the validation split; the schedule whose run reaches the target on validation in the fewest epochs is
    chosen (ties: the shorter schedule, then the higher final validation accuracy; none reached: the schedule
-   of the highest final validation accuracy);
+   of the highest final validation accuracy); where the chosen rate sits at an edge of the lr grid, the grid
+   grows past that edge (`lr_widen` rates at most, one at a time, each with every epoch count);
 2. measuring: with that schedule each model trains on the whole training set with several seeds; the test split
    is evaluated after every epoch, and only to read off when the target was first reached.
 Training seconds exclude evaluation. The runs go one after another in one process, the machine's load recorded
@@ -21,7 +22,7 @@ from typing import Any, Sequence
 from ..report import format_table, write_json, write_text
 from ..stats import Difference, estimate, welch
 from ..train import TrainConfig
-from ._lab import Budget, Run, _history, describe_machine, lab_meta, speed_text, train_run
+from ._lab import LR_WIDEN, Budget, Run, _history, beyond_edge, describe_machine, lab_meta, speed_text, train_run
 
 NAME = "time_to_accuracy"
 DEFAULT_MODELS = ("parnet_tiny", "preact_resnet_20", "preact_resnet_56", "resnet18_small_image")
@@ -40,22 +41,24 @@ def seconds_to_target(history: Sequence[dict[str, float]], target: float) -> tup
 def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MODELS, target: float = 93.0,
                          epoch_grid: Sequence[int] = (2, 4, 8), budget: Budget | None = None,
                          results: str | None = None, command: Sequence[str] = (),
-                         lr_grid: Sequence[float] = ()) -> dict[str, Any]:
-    """Tune each model's schedule (epochs x `lr_grid`; no lr grid: the recipe's lr) on validation, then time it to
-    `target` on test over budget.seeds seeds."""
+                         lr_grid: Sequence[float] = (), lr_widen: int = LR_WIDEN) -> dict[str, Any]:
+    """Tune each model's schedule (epochs x `lr_grid`, widened by up to `lr_widen` rates past an edge where the
+    chosen one sits; no lr grid: the recipe's lr) on validation, then time it to `target` on test over
+    budget.seeds seeds."""
     budget = budget or Budget(seeds=3, max_train_samples=None, threads=1)
     folder, started = Path(folder), time.perf_counter()
     tuning, rows, seconds = [], [], {}
+    lr_widen = lr_widen if len(set(lr_grid)) > 1 else 0
     for model in models:
-        tried = []
-        for epochs in epoch_grid:
-            for lr in lr_grid or (None,):
-                summary = train_run(folder / "tuning", _run(model, epochs, lr), budget, budget.seed, epochs=epochs,
-                                    **_lr(lr))
-                reached, epoch = seconds_to_target(_history(Path(summary["out"])), target)
-                tried.append({"model": model, "epochs_planned": epochs, "lr": summary["config"]["lr"],
-                              "val_seconds_to_target": reached, "val_epoch_reached": epoch,
-                              "final_val_accuracy": summary["val_accuracy"]})
+        tried = [_tune(folder, model, epochs, lr, budget, target) for epochs in epoch_grid for lr in lr_grid or (None,)]
+        rates = list(lr_grid)
+        for _ in range(lr_widen):
+            lr = beyond_edge(rates, choose_schedule(tried)["lr"])
+            if lr is None:
+                break
+            rates.append(lr)
+            tried += [_tune(folder, model, epochs, lr, budget, target) for epochs in epoch_grid]
+        tried.sort(key=lambda t: (t["epochs_planned"], t["lr"]))
         chosen = choose_schedule(tried)
         tuning += [t | {"chosen": t is chosen} for t in tried]
         epochs, lr = chosen["epochs_planned"], chosen["lr"] if lr_grid else None
@@ -82,10 +85,20 @@ def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MOD
     for c in comparisons:
         c["verdict"] = _time_verdict(c)
     report = {"meta": lab_meta(NAME, budget, command or ["nondeep.experiments.time_to_accuracy"], started,
-                               target=target, epoch_grid=list(epoch_grid), lr_grid=list(lr_grid)),
+                               target=target, epoch_grid=list(epoch_grid), lr_grid=list(lr_grid),
+                               lr_widen=lr_widen),
               "rows": rows, "tuning": tuning, "comparisons": comparisons}
     _write(report, folder, results)
     return report
+
+
+def _tune(folder: Path, model: str, epochs: int, lr: float | None, budget: Budget, target: float
+          ) -> dict[str, Any]:
+    """One tuning run (the first seed, validation only) and its row."""
+    summary = train_run(folder / "tuning", _run(model, epochs, lr), budget, budget.seed, epochs=epochs, **_lr(lr))
+    reached, epoch = seconds_to_target(_history(Path(summary["out"])), target)
+    return {"model": model, "epochs_planned": epochs, "lr": summary["config"]["lr"], "val_seconds_to_target": reached,
+            "val_epoch_reached": epoch, "final_val_accuracy": summary["val_accuracy"]}
 
 
 def choose_schedule(tried: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -125,6 +138,9 @@ def _budget_text(meta: dict[str, Any]) -> str:
     cap = meta["max_train_samples"]
     precision = speed_text(meta.get("cpu_bf16", False), meta.get("compile", False))
     lrs = f" x peak learning rates {meta['lr_grid']}" if meta.get("lr_grid") else " at the recipe's learning rate"
+    if meta.get("lr_grid") and meta.get("lr_widen"):  # absent in reports made before the grid widened itself
+        lrs += (f" (where the chosen rate sat at an edge of the grid, up to {meta['lr_widen']} more past it, one at "
+                "a time, the grid's ratio continued)")
     schedule = "schedule" if meta.get("lr_grid") else "epoch count"
     return (f"tuning: epoch counts {meta['epoch_grid']}{lrs}, seed {meta['seed']}, trained on "
             f"{f'{cap} images of' if cap else 'all of'} the training set less the {meta['val_split']:.0%} held out "
