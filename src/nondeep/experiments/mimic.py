@@ -215,7 +215,8 @@ def run_mimic_lab(out: str | Path | None = None, budget: Budget | None = None, t
                         other_train_seconds=sum(r.get("train_seconds") or 0.0 for r in unlisted),
                         teacher_epochs=None if teachers else teacher_epochs,
                         transfer_copies=shown_copies, copies_sweep=copies_sweep, temperature=temperature,
-                        cutout=cutout, lr_widen=lr_widen, lr_search=[_search_row(r) for r in search],
+                        cutout=cutout, lr_widen=lr_widen if lr_search else 0,
+                        lr_search=[_search_row(r) for r in search],
                         recipes={"shallow": MIMIC_RECIPE, "other": "TrainConfig defaults", "teacher": TEACHER_RECIPE})
     report["targets"] = check_targets(report, roster[0].label)
     write_report(report, folder, results)
