@@ -105,7 +105,9 @@ def test_width_depth_lab_end_to_end_with_seeds(tiny_fashion, tmp_path):
     assert report["meta"]["matched"] == "params" and target == report["rows"][0]["params"]
     for row in report["rows"]:
         assert abs(row["params"] - target) / target < 0.03
-    assert [(c["a"], c["b"]) for c in report["comparisons"]] == [(m, "parnet_tiny") for m in models[1:]]
+    # each WRN against the ParNet, then the shallowest (widest) WRN against the deepest (thinnest)
+    assert [(c["a"], c["b"]) for c in report["comparisons"]] == [(m, "parnet_tiny") for m in models[1:]] + [
+        (models[1], models[2])]
     accs = {m: [r["test_accuracy"] for r in report["runs"] if r["model"] == m] for m in models}
     for c in report["comparisons"]:  # the reported difference is the Welch interval of these very runs
         expected = welch(accs[c["a"]], accs[c["b"]], c["a"], c["b"])

@@ -1,7 +1,8 @@
 """`nondeep lab width-depth`: what depth buys at a fixed budget (Zagoruyko & Komodakis 2016, Table 1 and
 Figure 2, on Fashion-MNIST). For each depth n, the WRN-n-k whose k (fractional: each group's width is rounded)
 brings it closest to the budget, parameters or FLOPs (--match), of the non-deep ParNet that sets it. Every net
-gets the same recipe, data and seeds; each WRN is compared with the ParNet (Welch interval, verdict)."""
+gets the same recipe, data and seeds; each WRN is compared with the ParNet, and the shallowest (widest) WRN with
+the deepest (thinnest), Zagoruyko & Komodakis's own question (Welch interval, verdict)."""
 
 from __future__ import annotations
 
@@ -53,13 +54,19 @@ def run_width_depth_lab(out: str | Path | None = None, depths: Sequence[int] = D
     rows = aggregate(per_seed, latency_by_model(per_seed, budget), extra_columns=["widen_factor"])
     report = lab_report(NAME, budget, [*command, "--depths", *map(str, depths), "--parnet", parnet,
                         "--match", match, *budget.flags()], started, per_seed, rows,
-                        [(run.label, parnet) for run in runs[1:]], matched=match, match_target=target)
+                        comparison_pairs(runs, parnet), matched=match, match_target=target)
     notes = ("Each WRN-n-k takes the k whose model is closest to the ParNet's parameters or FLOPs (the matched "
              "quantity above). Depth is measured (longest conv/linear path); " + LATENCY_NOTE + ".")
     publish(report, folder, results, "Width vs depth at a fixed budget (nondeep lab width-depth)", COLUMNS, notes,
             plot=dict(x="depth", y="test_accuracy", title=f"Fashion-MNIST, matched on {match}",
                       xlabel="measured depth", ylabel="test accuracy (%), mean ± 95% CI"))
     return report, folder
+
+
+def comparison_pairs(runs: Sequence[Run], parnet: str) -> list[tuple[str, str]]:
+    """Each WRN against the ParNet; with two depths or more, the shallowest WRN against the deepest."""
+    wrns = sorted(runs[1:], key=lambda run: run.model_kwargs["depth"])
+    return [(run.label, parnet) for run in runs[1:]] + ([(wrns[0].label, wrns[-1].label)] if len(wrns) > 1 else [])
 
 
 def cmd_width_depth(args: argparse.Namespace) -> None:
