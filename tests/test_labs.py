@@ -54,7 +54,8 @@ def check_written(folder, name, models, seeds):
 
 def test_wide_resnet_takes_a_fractional_width():
     model = create_model("wide_resnet", depth=10, widen_factor=1.5, num_classes=10, in_chans=1)
-    assert [m.out_channels for m in (model.layer1[0].conv2, model.layer2[0].conv2, model.layer3[0].conv2)] == [24, 48, 96]
+    convs = (model.layer1[0].conv2, model.layer2[0].conv2, model.layer3[0].conv2)
+    assert [m.out_channels for m in convs] == [24, 48, 96]
     assert model.name == "wrn_10_1.5"
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
@@ -259,7 +260,8 @@ def test_a_lab_refuses_bad_options_in_one_line_and_writes_nothing(tiny_fashion, 
 def test_time_to_accuracy_tunes_on_validation_and_times_on_test(tiny_fashion, tmp_path):
     from nondeep.experiments.time_to_accuracy import run_time_to_accuracy, seconds_to_target
 
-    history = [{"epoch": 1, "epoch_seconds": 10.0, "eval_top1": 50.0}, {"epoch": 2, "epoch_seconds": 12.0, "eval_top1": 81.0}]
+    history = [{"epoch": 1, "epoch_seconds": 10.0, "eval_top1": 50.0},
+               {"epoch": 2, "epoch_seconds": 12.0, "eval_top1": 81.0}]
     assert seconds_to_target(history, 80.0) == (22.0, 2) and seconds_to_target(history, 90.0) == (None, None)
     budget = Budget(seeds=2, max_train_samples=64, data_dir=str(tiny_fashion), progress=False)
     report = run_time_to_accuracy(tmp_path / "tta", ["mimic_snn_1k", "preact_resnet_20"], target=0.0,

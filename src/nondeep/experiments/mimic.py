@@ -79,8 +79,8 @@ class Student:
 
 def conv_student(layers: int, objectives: Sequence[str]) -> Student:
     """The depth study's student: `layers` conv layers before the shallow head, by mimicry and on labels."""
-    return Student(f"mimic_cnn_8k conv{layers}", "mimic_cnn_8k", tuple(o for o in ("labels", "mimic") if o in objectives),
-                   {"conv_layers": layers})
+    taught = tuple(o for o in ("labels", "mimic") if o in objectives)
+    return Student(f"mimic_cnn_8k conv{layers}", "mimic_cnn_8k", taught, {"conv_layers": layers})
 
 
 def student_runs(student: Student, objective: str, lrs: Sequence[float], teaching: dict[str, Any],
@@ -283,8 +283,8 @@ def _comparison(report: dict[str, Any], a: str, b: str) -> dict[str, Any] | None
 def check_targets(report: dict[str, Any], main: str) -> list[dict[str, Any]]:
     """The issue's targets, each computed from the report and marked met or not, whatever the numbers are."""
     teacher = report["meta"]["teacher"]["test_accuracy"]
-    checks = [{"target": f"teacher ensemble >= {TARGETS['teacher_accuracy']}% test accuracy", "value": round(teacher, 2),
-               "met": teacher >= TARGETS["teacher_accuracy"]}]
+    checks = [{"target": f"teacher ensemble >= {TARGETS['teacher_accuracy']}% test accuracy",
+               "value": round(teacher, 2), "met": teacher >= TARGETS["teacher_accuracy"]}]
     gain = _comparison(report, f"{main} mimic", f"{main} labels")
     if gain:
         checks.append({"target": f"{main} by mimicry >= {TARGETS['shallow_gain_points']} point above {main} on labels, "
