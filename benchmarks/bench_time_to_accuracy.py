@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from nondeep.experiments._lab import LR_WIDEN, Budget
-from nondeep.experiments.time_to_accuracy import DEFAULT_MODELS, run_time_to_accuracy
+from nondeep.experiments.time_to_accuracy import DEFAULT_MODELS, FINALISTS, run_time_to_accuracy
 
 
 def main() -> None:
@@ -25,7 +25,11 @@ def main() -> None:
     parser.add_argument("--lr-widen", type=int, default=LR_WIDEN, metavar="N",
                         help="where the chosen rate sits at an edge of --lr-grid, try up to N more past that edge, one "
                         "at a time, the grid's ratio continued (default: %(default)s; 0: the grid alone)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tune-seeds", type=int, default=1, metavar="N",
+                        help="seeds of tuning: the grid on the first, its --finalists best schedules on all N, chosen "
+                        "on their means (default: %(default)s)")
+    parser.add_argument("--finalists", type=int, default=FINALISTS, help="see --tune-seeds (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of measuring")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-train-samples", type=int, default=0, help="0 = all")
@@ -37,10 +41,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.lr_widen < 0:
         parser.error(f"--lr-widen must be >= 0 (0: the grid alone), got {args.lr_widen}")
+    for flag in ("seeds", "tune_seeds", "finalists"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     budget = Budget(seeds=args.seeds, max_train_samples=args.max_train_samples or None, threads=args.threads,
                     device=args.device, data_dir=args.data_dir, progress=False, cpu_bf16=args.cpu_bf16)
     run_time_to_accuracy(args.runs, args.models, args.target, args.epoch_grid, budget, args.out,
-                         command=["python", *sys.argv], lr_grid=args.lr_grid, lr_widen=args.lr_widen)
+                         command=["python", *sys.argv], lr_grid=args.lr_grid, lr_widen=args.lr_widen,
+                         tune_seeds=args.tune_seeds, finalists=args.finalists)
 
 
 if __name__ == "__main__":

@@ -319,6 +319,53 @@ def test_time_to_accuracy_widens_its_lr_grid_past_the_edge_where_the_chosen_rate
     assert "up to 1 more past it" in (tmp_path / "tta" / "time_to_accuracy.md").read_text()
 
 
+def test_time_to_accuracy_runs_its_best_schedules_again_on_more_seeds_and_chooses_on_their_means(tiny_fashion,
+                                                                                                   tmp_path):
+    from nondeep.experiments.time_to_accuracy import rank_schedules, run_time_to_accuracy
+
+    budget = Budget(seeds=1, max_train_samples=64, data_dir=str(tiny_fashion), progress=False)
+    first = run_time_to_accuracy(tmp_path / "one", ["mimic_snn_1k"], target=0.0, epoch_grid=(1,), budget=budget,
+                                 lr_grid=(1e-3, 4e-3, 2e-2), lr_widen=0)
+    report = run_time_to_accuracy(tmp_path / "tta", ["mimic_snn_1k", "preact_resnet_20"], target=0.0,
+                                  epoch_grid=(1,), budget=budget, lr_grid=(1e-3, 4e-3, 2e-2), lr_widen=0,
+                                  tune_seeds=3, finalists=2)
+    tried = [t for t in report["tuning"] if t["model"] == "mimic_snn_1k"]
+    finalists = [t for t in tried if t["seeds"] == 3]
+    single = first["tuning"]  # the same grid on the first seed alone
+    assert {t["lr"] for t in finalists} == {t["lr"] for t in rank_schedules(single)[:2]} and len(tried) == 3
+    for row in finalists:
+        assert [s["seed"] for s in row["per_seed"]] == [0, 1, 2]
+        assert row["final_val_accuracy"] == round(sum(s["final_val_accuracy"] for s in row["per_seed"]) / 3, 2)
+    chosen = next(t for t in tried if t["chosen"])
+    assert chosen in finalists and chosen["final_val_accuracy"] == max(t["final_val_accuracy"] for t in finalists)
+    runs = tmp_path / "tta" / "tuning"
+    assert sorted(p.parent.name for p in runs.glob("mimic_snn_1k-*/seed2")) == sorted(
+        f"mimic_snn_1k-1ep-lr{t['lr']:g}" for t in finalists)
+    tuned = max(p.stat().st_mtime for p in runs.glob("*/seed*/summary.json"))
+    measured = min(p.stat().st_mtime for p in (tmp_path / "tta" / "measure").glob("*/seed*/summary.json"))
+    assert tuned <= measured  # every model is tuned before the first timed run
+    assert ("seed 0, then its 2 best schedules on seeds 0-2 (chosen on their means"
+            in (tmp_path / "tta" / "time_to_accuracy.md").read_text())
+    with pytest.raises(LabError, match="tune_seeds"):
+        run_time_to_accuracy(tmp_path / "bad", ["mimic_snn_1k"], budget=budget, tune_seeds=0)
+
+
+def test_a_schedule_tuned_on_several_seeds_reaches_the_target_only_if_every_seed_did():
+    from nondeep.experiments.time_to_accuracy import combine_seeds
+
+    def row(seed: int, reached: int | None, val: float) -> dict:
+        return {"model": "m", "epochs_planned": 3, "lr": 0.1, "seeds": 1, "val_seconds_to_target": 1.0 * seed,
+                "val_epoch_reached": reached, "final_val_accuracy": val,
+                "per_seed": [{"seed": seed, "val_epoch_reached": reached, "final_val_accuracy": val}]}
+
+    both = combine_seeds([row(0, 2, 80.0), row(1, 3, 81.0)])
+    assert (both["seeds"], both["val_epoch_reached"], both["final_val_accuracy"]) == (2, 2.5, 80.5)
+    assert both["val_seconds_to_target"] == 0.5 and [s["seed"] for s in both["per_seed"]] == [0, 1]
+    one_missed = combine_seeds([row(0, 2, 80.0), row(1, None, 70.0)])
+    assert one_missed["val_epoch_reached"] is None and one_missed["val_seconds_to_target"] is None
+    assert one_missed["final_val_accuracy"] == 75.0
+
+
 def test_the_schedule_reaching_the_target_soonest_on_validation_is_chosen():
     from nondeep.experiments.time_to_accuracy import choose_schedule
 

@@ -21,6 +21,10 @@ def test_quickstart_trains_both_models_and_writes_the_table(tiny_fashion, tmp_pa
         assert row["test_accuracy"] == summary["test_accuracy"] and row["params_m"] == summary["params"] / 1e6
         assert row["latency_ms_bs1"] > 0 and row["fused_latency_ms_bs1"] > 0  # timings: their sizes are not fixed
     assert (out / "quickstart.md").is_file() and (out / "quickstart.png").stat().st_size > 1000
+    meta = report["meta"]  # its provenance: the command as typed and the machine it ran on
+    assert meta["command"] == f"nondeep quickstart --out {out} --data-dir {tiny_fashion} --max-train-samples 64"
+    assert meta["machine"]["cores"] >= 1 and meta["machine"]["torch"] == meta["torch"]
+    assert f"- command: `{meta['command']}` (seed 0)" in (out / "quickstart.md").read_text()
     for name in QUICKSTART_MODELS:
         assert (out / name / "summary.json").is_file()
 

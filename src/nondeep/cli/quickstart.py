@@ -8,8 +8,14 @@ from ..report import format_table
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
+    command = ["nondeep", "quickstart", *(["--models", *args.models] if args.models != list(QUICKSTART_MODELS) else []),
+               *(["--epochs", str(args.epochs)] if args.epochs != 1 else []),
+               *(["--out", args.out] if args.out else []),
+               *(["--data-dir", args.data_dir] if args.data_dir else []),
+               *(["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else []),
+               *(["--seed", str(args.seed)] if args.seed else [])]
     rows, out = run_quickstart(out=args.out, models=args.models, epochs=args.epochs, data_dir=args.data_dir,
-                          max_train_samples=args.max_train_samples, seed=args.seed)
+                               max_train_samples=args.max_train_samples, seed=args.seed, command=command)
     print(format_table(rows))
     print(f"\nwritten under {out}: quickstart.json, quickstart.md, quickstart.png, and one run folder per model "
           f"(checkpoints, metrics.csv, summary.json, curves.png)")

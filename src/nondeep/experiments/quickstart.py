@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,14 +17,15 @@ from ..plots import plot_scatter
 from ..report import format_table, write_json, write_text
 from ..reparam import reparameterize_model
 from ..train import TrainConfig, train
-from ._lab import finished
+from ._lab import describe_machine, finished, machine
 
 QUICKSTART_MODELS = ("parnet_tiny", "preact_resnet_20")
 
 
 def run_quickstart(out: str | Path | None = None, models: Sequence[str] = QUICKSTART_MODELS, epochs: int = 1,
                    data: str = "fashion-mnist", data_dir: str | None = None, max_train_samples: int | None = None,
-                   seed: int = 0, progress: bool = True) -> tuple[list[dict[str, Any]], Path]:
+                   seed: int = 0, progress: bool = True, command: Sequence[str] = ("nondeep", "quickstart")
+                   ) -> tuple[list[dict[str, Any]], Path]:
     """Train each model with the same recipe, measure it, and write quickstart.json/.md/.png under `out`.
     Returns the table's rows and the output folder."""
     out = Path(out or Path("runs") / f"quickstart-{dt.datetime.now():%Y%m%d-%H%M%S}")
@@ -47,14 +49,16 @@ def run_quickstart(out: str | Path | None = None, models: Sequence[str] = QUICKS
     for row in rows:
         row["latency_ms_bs1"] = timed[(row["model"], "unfused")]
         row["fused_latency_ms_bs1"] = timed[(row["model"], "fused")]
-    meta = {"command": "nondeep quickstart", "data": data, "epochs": epochs, "seed": seed,
+    meta = {"command": shlex.join(command), "data": data, "epochs": epochs, "seed": seed,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "date": dt.date.today().isoformat(),
+            "machine": machine(),  # CPU model and SIMD, GPU, load: the latencies and train times depend on them
             "recipe": {k: v for k, v in dataclasses.asdict(TrainConfig()).items()
                        if k in ("batch_size", "lr", "schedule", "label_smoothing", "weight_decay", "crop_padding")}}
     write_json(out / "quickstart.json", {"meta": meta, "rows": rows})
     table = format_table(rows)
     write_text(out / "quickstart.md", f"# nondeep quickstart ({meta['date']}, torch {meta['torch']}, "
-                                      f"{meta['threads']} threads)\n\n{table}\n")
+                                      f"{meta['threads']} threads)\n\n- command: `{meta['command']}` (seed "
+                                      f"{seed})\n- machine: {describe_machine(meta['machine'])}\n\n{table}\n")
     plot_scatter(rows, "fused_latency_ms_bs1", "test_accuracy", out / "quickstart.png",
                  title=f"{data}: accuracy vs fused batch-1 latency", xlabel="fused batch-1 latency (ms)",
                  ylabel="test accuracy (%)")
