@@ -24,7 +24,8 @@ def test_quickstart_trains_both_models_and_writes_the_table(tiny_fashion, tmp_pa
     meta = report["meta"]  # its provenance: the command as typed and the machine it ran on
     assert meta["command"] == f"nondeep quickstart --out {out} --data-dir {tiny_fashion} --max-train-samples 64"
     assert meta["machine"]["cores"] >= 1 and meta["machine"]["torch"] == meta["torch"]
-    assert f"- command: `{meta['command']}` (seed 0)" in (out / "quickstart.md").read_text()
+    assert meta["total_seconds"] > 0 and f"- command: `{meta['command']}` (seed 0); took " in (
+        out / "quickstart.md").read_text()
     for name in QUICKSTART_MODELS:
         assert (out / name / "summary.json").is_file()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import shlex
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +29,7 @@ def run_quickstart(out: str | Path | None = None, models: Sequence[str] = QUICKS
                    ) -> tuple[list[dict[str, Any]], Path]:
     """Train each model with the same recipe, measure it, and write quickstart.json/.md/.png under `out`.
     Returns the table's rows and the output folder."""
-    out = Path(out or Path("runs") / f"quickstart-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    out, started = Path(out or Path("runs") / f"quickstart-{dt.datetime.now():%Y%m%d-%H%M%S}"), time.perf_counter()
     rows, candidates = [], []
     for name in models:
         cfg = TrainConfig(model=name, data=data, data_dir=data_dir, out=str(out / name), epochs=epochs, seed=seed,
@@ -51,14 +52,16 @@ def run_quickstart(out: str | Path | None = None, models: Sequence[str] = QUICKS
         row["fused_latency_ms_bs1"] = timed[(row["model"], "fused")]
     meta = {"command": shlex.join(command), "data": data, "epochs": epochs, "seed": seed,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "date": dt.date.today().isoformat(),
+            "total_seconds": round(time.perf_counter() - started, 1),
             "machine": machine(),  # CPU model and SIMD, GPU, load: the latencies and train times depend on them
             "recipe": {k: v for k, v in dataclasses.asdict(TrainConfig()).items()
                        if k in ("batch_size", "lr", "schedule", "label_smoothing", "weight_decay", "crop_padding")}}
     write_json(out / "quickstart.json", {"meta": meta, "rows": rows})
     table = format_table(rows)
-    write_text(out / "quickstart.md", f"# nondeep quickstart ({meta['date']}, torch {meta['torch']}, "
-                                      f"{meta['threads']} threads)\n\n- command: `{meta['command']}` (seed "
-                                      f"{seed})\n- machine: {describe_machine(meta['machine'])}\n\n{table}\n")
+    write_text(out / "quickstart.md",
+               f"# nondeep quickstart ({meta['date']}, torch {meta['torch']}, {meta['threads']} threads)\n\n"
+               f"- command: `{meta['command']}` (seed {seed}); took {meta['total_seconds'] / 60:.1f} min\n"
+               f"- machine: {describe_machine(meta['machine'])}\n\n{table}\n")
     plot_scatter(rows, "fused_latency_ms_bs1", "test_accuracy", out / "quickstart.png",
                  title=f"{data}: accuracy vs fused batch-1 latency", xlabel="fused batch-1 latency (ms)",
                  ylabel="test accuracy (%)")

@@ -101,8 +101,8 @@ def tune_schedules(folder: Path, model: str, epoch_grid: Sequence[int], lr_grid:
                    ) -> list[dict[str, Any]]:
     """The tuning rows of one model, ordered by schedule: the grid (widened past an edge) on the first seed, and
     its `finalists` best schedules on `tune_seeds` seeds, their rows holding the means over those seeds."""
-    def tune(epochs: int, lr: float | None) -> dict[str, Any]:
-        return _tune(folder, model, epochs, lr, budget, target, budget.seed)
+    def tune(epochs: int, lr: float | None, seed: int = budget.seed) -> dict[str, Any]:
+        return _tune(folder, model, epochs, lr, budget, target, seed)
 
     tried = [tune(epochs, lr) for epochs in epoch_grid for lr in lr_grid or (None,)]
     rates = list(lr_grid)
@@ -114,9 +114,8 @@ def tune_schedules(folder: Path, model: str, epoch_grid: Sequence[int], lr_grid:
         tried += [tune(epochs, lr) for epochs in epoch_grid]
     if tune_seeds > 1:
         best = rank_schedules(tried)[:finalists]
-        tried = [combine_seeds([t] + [_tune(folder, model, t["epochs_planned"], t["lr"] if lr_grid else None, budget,
-                                            target, budget.seed + i) for i in range(1, tune_seeds)])
-                 if t in best else t for t in tried]
+        tried = [combine_seeds([t] + [tune(t["epochs_planned"], t["lr"] if lr_grid else None, budget.seed + i)
+                                      for i in range(1, tune_seeds)]) if t in best else t for t in tried]
     return sorted(tried, key=lambda t: (t["epochs_planned"], t["lr"]))
 
 
