@@ -9,8 +9,8 @@ ResNet-18 as a larger reference), each with its schedule chosen on validation:
    of the highest final validation accuracy); where the chosen rate sits at an edge of the lr grid, the grid
    grows past that edge (`lr_widen` rates at most, one at a time, each with every epoch count). With
    `tune_seeds` > 1 the grid runs on the first seed and its `finalists` best schedules run again on the next
-   seeds (each seed has its own validation split); the choice among them is made on their means, so one seed's
-   luck does not pick the schedule;
+   seeds (the same validation images; the seed sets the initialisation and the batches); the choice among them
+   is made on their means, so one seed's luck does not pick the schedule;
 2. measuring: with that schedule each model trains on the whole training set with several seeds; the test split
    is evaluated after every epoch, and only to read off when the target was first reached. Every model is tuned
    before the first is measured, so the timed runs follow one another.
@@ -61,7 +61,8 @@ def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MOD
     tuning, chosen = [], {}
     for model in models:
         tried = tune_schedules(folder, model, epoch_grid, lr_grid, lr_widen, budget, target, tune_seeds, finalists)
-        chosen[model] = choose_schedule([t for t in tried if t["seeds"] == max(t["seeds"] for t in tried)])
+        most = max(t["seeds"] for t in tried)  # the finalists, when several seeds tuned
+        chosen[model] = choose_schedule([t for t in tried if t["seeds"] == most])
         tuning += [t | {"chosen": t is chosen[model]} for t in tried]
     rows, seconds = [], {}
     for model in models:  # measuring: all training images, the test split read after each epoch
@@ -190,8 +191,8 @@ def _budget_text(meta: dict[str, Any]) -> str:
     schedule = "schedule" if meta.get("lr_grid") else "epoch count"
     seeds = meta.get("tune_seeds", 1)  # absent in reports made before tuning took several seeds
     tuned = (f"seed {meta['seed']}" if seeds == 1 else f"seed {meta['seed']}, then its {meta['finalists']} best "
-             f"schedules on seeds {meta['seed']}-{meta['seed'] + seeds - 1} (chosen on their means; each "
-             "seed has its own validation split)")
+             f"schedules on seeds {meta['seed']}-{meta['seed'] + seeds - 1} (chosen on their means; the same "
+             "validation images for every seed)")
     return (f"tuning: epoch counts {meta['epoch_grid']}{lrs}, {tuned}, trained on "
             f"{f'{cap} images of' if cap else 'all of'} the training set less the {meta['val_split']:.0%} held out "
             f"for validation; measuring: each model at its chosen {schedule}, seeds {meta['seed_list']}, trained on "
