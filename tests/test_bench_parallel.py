@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import randomize_bn
-from nondeep import bench, create_model, reparameterize_model
+from nondeep import bench, bench_candidates, create_model, reparameterize_model
 from nondeep.bench import FORMS, ROW_FIELDS, benchmark_model, check_row, speedup
 from nondeep.timing import summarize
 from nondeep.cli import main
@@ -147,13 +147,13 @@ def test_benchmark_model_without_fusable_blocks_is_eager():
 def test_models_timed_side_by_side_share_their_sections_and_rounds(monkeypatch):
     """time_models puts every form of every model into the same sections, so a slow spell hits them alike."""
     seen = []
-    real = bench.time_sections
+    real = bench_candidates.time_sections
 
     def spy(sections, *args, **kwargs):
         seen.append({name: len(fns) for name, (_, fns) in sections.items()})
         return real(sections, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "time_sections", spy)
+    monkeypatch.setattr(bench_candidates, "time_sections", spy)
     models = [bench.prepare_model(name, (1, 28, 28), threads=2, fused_and_unfused=False, forms=["channels_last"])
               for name in ("parnet_tiny", "preact_resnet_20")]
     rows = bench.time_models(models, batch_sizes=(1, 2), threads=2, repeats=2, warmup=0, peak_gflops=1e4)
