@@ -97,10 +97,40 @@ def test_time_to_accuracy_runs_its_best_schedules_again_on_more_seeds_and_choose
     tuned = max(p.stat().st_mtime for p in runs.glob("*/seed*/summary.json"))
     measured = min(p.stat().st_mtime for p in (tmp_path / "tta" / "measure").glob("*/seed*/summary.json"))
     assert tuned <= measured  # every model is tuned before the first timed run
-    assert ("seed 0, then its 2 best schedules on seeds 0-2 (chosen on their means"
+    assert ("seed 0, then its 2 best schedules on seeds 0-2, joined one at a time by the next schedules that "
+            "reached the target on the first seed until one reached it on every seed (chosen on their means"
             in (tmp_path / "tta" / "time_to_accuracy.md").read_text())
     with pytest.raises(LabError, match="tune_seeds"):
         run_time_to_accuracy(tmp_path / "bad", ["mimic_snn_1k"], budget=budget, tune_seeds=0)
+
+
+def test_racing_goes_past_the_finalists_until_a_schedule_reaches_the_target_on_every_seed(monkeypatch, tmp_path):
+    from nondeep.experiments import time_to_accuracy as tta
+
+    later_seeds_need = 2  # the epochs a schedule needs to reach the target on seeds 1 and 2
+
+    def fake_tune(folder, model, epochs, lr, budget, target, seed):  # seed 0: all but lr 0.05 reach at epoch 2
+        reached = 2 if lr != 0.05 and (seed == 0 or epochs >= later_seeds_need) else None
+        val = 70.0 + 10 * lr + epochs / 10
+        return {"model": model, "epochs_planned": epochs, "lr": lr, "seeds": 1, "val_seconds_to_target": reached,
+                "val_epoch_reached": reached, "final_val_accuracy": val,
+                "per_seed": [{"seed": seed, "val_epoch_reached": reached, "final_val_accuracy": val}]}
+
+    monkeypatch.setattr(tta, "_tune", fake_tune)
+    budget = Budget(seeds=1)
+
+    def raced(need: int) -> list[tuple[int, float]]:
+        nonlocal later_seeds_need
+        later_seeds_need = need
+        tried = tta.tune_schedules(tmp_path, "m", (2, 3), (0.05, 0.1, 0.2), 0, budget, 75.0, tune_seeds=3,
+                                   finalists=1)
+        return [(t["epochs_planned"], t["lr"]) for t in tta.rank_schedules(tried) if t["seeds"] == 3]
+
+    assert raced(2) == [(2, 0.2)]  # the one finalist reaches it on every seed: nothing more runs
+    # only 3-epoch schedules reach it on the later seeds: both 2-epoch ones are raced, then the first 3-epoch one
+    assert raced(3) == [(3, 0.2), (2, 0.2), (2, 0.1)]
+    # none does: every schedule that reached it on seed 0 is raced, none that missed there; the best mean chosen
+    assert raced(4) == [(3, 0.2), (2, 0.2), (3, 0.1), (2, 0.1)]
 
 
 def test_a_schedule_tuned_on_several_seeds_reaches_the_target_only_if_every_seed_did():

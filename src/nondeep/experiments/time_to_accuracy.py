@@ -9,8 +9,10 @@ ResNet-18 as a larger reference), each with its schedule chosen on validation:
    of the highest final validation accuracy); where the chosen rate sits at an edge of the lr grid, the grid
    grows past that edge (`lr_widen` rates at most, one at a time, each with every epoch count). With
    `tune_seeds` > 1 the grid runs on the first seed and its `finalists` best schedules run again on the next
-   seeds (the same validation images; the seed sets the initialisation and the batches); the choice among them
-   is made on their means, so one seed's luck does not pick the schedule;
+   seeds (the same validation images; the seed sets the initialisation and the batches); where none of them
+   reaches the target on every seed, the next schedules of the first seed's ranking that reached it there join
+   them one at a time until one does; the choice among them is made on their means, so one seed's luck does not
+   pick the schedule;
 2. measuring: with that schedule each model trains on the whole training set with several seeds; the test split
    is evaluated after every epoch, and only to read off when the target was first reached. Every model is tuned
    before the first is measured, so the timed runs follow one another.
@@ -91,7 +93,8 @@ def run_time_to_accuracy(folder: str | Path, models: Sequence[str] = DEFAULT_MOD
         c["verdict"] = _time_verdict(c)
     report = {"meta": lab_meta(NAME, budget, command or ["nondeep.experiments.time_to_accuracy"], started,
                                target=target, epoch_grid=list(epoch_grid), lr_grid=list(lr_grid),
-                               lr_widen=lr_widen, tune_seeds=tune_seeds, finalists=finalists),
+                               lr_widen=lr_widen, tune_seeds=tune_seeds, finalists=finalists,
+                               race_until_reached=True),
               "rows": rows, "tuning": tuning, "comparisons": comparisons}
     _write(report, folder, results)
     return report
@@ -114,9 +117,19 @@ def tune_schedules(folder: Path, model: str, epoch_grid: Sequence[int], lr_grid:
         rates.append(lr)
         tried += [tune(epochs, lr) for epochs in epoch_grid]
     if tune_seeds > 1:
-        best = rank_schedules(tried)[:finalists]
-        tried = [combine_seeds([t] + [tune(t["epochs_planned"], t["lr"] if lr_grid else None, budget.seed + i)
-                                      for i in range(1, tune_seeds)]) if t in best else t for t in tried]
+        def race(t: dict[str, Any]) -> dict[str, Any]:
+            return combine_seeds([t] + [tune(t["epochs_planned"], t["lr"] if lr_grid else None, budget.seed + i)
+                                        for i in range(1, tune_seeds)])
+
+        ranked = rank_schedules(tried)
+        raced = [race(t) for t in ranked[:finalists]]
+        # no finalist reached the target on every seed: the next schedules that reached it on the first seed
+        # join them, one at a time, until one does (a schedule that missed on the first seed cannot)
+        for t in ranked[finalists:]:
+            if t["val_epoch_reached"] is None or any(r["val_epoch_reached"] is not None for r in raced):
+                break
+            raced.append(race(t))
+        tried = ranked[len(raced):] + raced
     return sorted(tried, key=lambda t: (t["epochs_planned"], t["lr"]))
 
 
@@ -191,12 +204,20 @@ def _budget_text(meta: dict[str, Any]) -> str:
     schedule = "schedule" if meta.get("lr_grid") else "epoch count"
     seeds = meta.get("tune_seeds", 1)  # absent in reports made before tuning took several seeds
     tuned = (f"seed {meta['seed']}" if seeds == 1 else f"seed {meta['seed']}, then its {meta['finalists']} best "
-             f"schedules on seeds {meta['seed']}-{meta['seed'] + seeds - 1} (chosen on their means; the same "
-             "validation images for every seed)")
+             f"schedules on seeds {meta['seed']}-{meta['seed'] + seeds - 1}{_racing_text(meta)} (chosen on their "
+             "means; the same validation images for every seed)")
     return (f"tuning: epoch counts {meta['epoch_grid']}{lrs}, {tuned}, trained on "
             f"{f'{cap} images of' if cap else 'all of'} the training set less the {meta['val_split']:.0%} held out "
             f"for validation; measuring: each model at its chosen {schedule}, seeds {meta['seed_list']}, trained on "
             f"{f'the first {cap}' if cap else 'all'} training images (no split){precision}")
+
+
+def _racing_text(meta: dict[str, Any]) -> str:
+    """How finalists were added; reports made before racing went on past the finalists say nothing."""
+    if not meta.get("race_until_reached"):
+        return ""
+    return (", joined one at a time by the next schedules that reached the target on the first seed until one "
+            "reached it on every seed")
 
 
 def _write(report: dict[str, Any], folder: Path, results: str | None) -> None:
