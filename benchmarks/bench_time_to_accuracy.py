@@ -26,8 +26,9 @@ def main() -> None:
                         help="where the chosen rate sits at an edge of --lr-grid, try up to N more past that edge, one "
                         "at a time, the grid's ratio continued (default: %(default)s; 0: the grid alone)")
     parser.add_argument("--tune-seeds", type=int, default=1, metavar="N",
-                        help="seeds of tuning: the grid on the first, its --finalists best schedules on all N, chosen "
-                        "on their means (default: %(default)s)")
+                        help="seeds of tuning: the grid on the first, its --finalists best schedules on all N (more "
+                        "of the first seed's, one at a time, until one reaches the target on every seed), chosen on "
+                        "their means (default: %(default)s)")
     parser.add_argument("--finalists", type=int, default=FINALISTS, help="see --tune-seeds (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of measuring")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
