@@ -276,3 +276,9 @@ def test_the_readme_table_is_generated_from_the_reports(tmp_path, capsys):
     assert len(table) == 3 and ("a 91.23 ± 0.50 (2.00 ms, fused eager); b 90.00; "
                                 "c 89.00 ± 0.25 (1.50 ms, onnxruntime, 1 thread)") in table[2]
     assert "matched on params" in table[2] and "no detectable difference" in table[2]
+    # a second report of a lab (another budget) under its own name links to its own markdown
+    (tmp_path / "blocks-long.json").write_text(json.dumps(report))
+    assert main(["lab", "summary", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert [row.split("]")[0] for row in table[2:]] == ["| [blocks-long", "| [blocks"]
+    assert "| [blocks-long](docs/results/blocks-long.md) | 2 epoch(s)" in table[2]

@@ -37,7 +37,7 @@ def _latency(row: dict[str, Any]) -> str:
 
 
 def summary_table(reports: list[dict[str, Any]]) -> str:
-    """A markdown table, one row per lab, every figure taken from its report."""
+    """A markdown table, one row per report (lab_reports), every figure taken from it."""
     lines = ["| lab | budget | result (test accuracy, mean ± 95% CI over seeds) | verdicts | measured |",
              "|---|---|---|---|---|"]
     for report in reports:
@@ -47,7 +47,8 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
         verdicts = "; ".join([*(_leader(e) for e in report.get("leaders", [])),  # labs that rank models per level
                               *(c["verdict"] for c in report["comparisons"])])
         matched = f", matched on {meta['matched']}" if meta.get("matched") else ""
-        lines.append(f"| [{meta['lab']}](docs/results/{meta['lab']}.md) | {meta['budget_text']}{matched} | {results} | "
+        name = Path(report["file"]).stem  # the lab's name, or another name for a second budget of it
+        lines.append(f"| [{name}](docs/results/{name}.md) | {meta['budget_text']}{matched} | {results} | "
                      f"{verdicts} | `{meta['command']}`; {describe_machine(meta['machine'])}; {meta['date'][:10]} |")
     return "\n".join(lines)
 
