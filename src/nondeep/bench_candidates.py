@@ -81,13 +81,14 @@ def time_candidates(candidates: Sequence[Candidate], batch_size: int = 1, repeat
     threads = threads or torch.get_num_threads()
     info = device_info(device)
     measured_here = roof is None and not peak_gflops
+    precisions = tuple({c.precision for c in candidates})
+    with_ort = any(c.form == "onnxruntime" for c in candidates)
     with intra_op_threads(threads):
         if roof is None:
             if peak_gflops:
                 roof = Roof(str(device), threads, [RoofComponent("given", "float32", "given", "", float(peak_gflops))])
             else:
-                roof = measure_roof(device, tuple({c.precision for c in candidates}), threads,
-                                    onnxruntime=any(c.form == "onnxruntime" for c in candidates))
+                roof = measure_roof(device, precisions, threads, onnxruntime=with_ort)
         if inputs is None:
             inputs = []
             for c in candidates:
@@ -107,8 +108,7 @@ def time_candidates(candidates: Sequence[Candidate], batch_size: int = 1, repeat
         times, load = time_sections(sections, repeats, warmup, device, rounds)
     if measured_here:  # measured again after: the roof is the best rate seen in the run
         with intra_op_threads(threads):
-            roof = roof.merge(measure_roof(device, tuple({c.precision for c in candidates}), threads,
-                                           onnxruntime=any(c.form == "onnxruntime" for c in candidates)))
+            roof = roof.merge(measure_roof(device, precisions, threads, onnxruntime=with_ort))
     rows: list[dict[str, Any]] = []
     for i, c in enumerate(candidates):
         lat = summarize(times[i], batch_size)
