@@ -13,6 +13,7 @@ from nondeep.distill import CachedTargets, DistillLoss, OnlineTeacher, build_ens
 from nondeep.distill.teacher import logits_over_images
 from nondeep.distill.transfer import TransferData, make_transfer_set
 from nondeep.experiments._lab import beyond_edge
+from nondeep.experiments.mimic import check_targets
 from nondeep.stats import welch
 from nondeep.train import TrainConfig, train
 
@@ -170,6 +171,26 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
     again = json.loads((tmp_path / "again" / "mimic.json").read_text())
     assert [r["test_accuracy"] for r in again["runs"]] == [r["test_accuracy"] for r in report["runs"]]
 
+
+
+@pytest.mark.parametrize("main_student", ["mimic_snn_8k", "parnet_tiny"])
+def test_targets_hold_the_shallow_gain_to_a_shallow_student_and_parnet_to_its_label_twin(main_student):
+    """Ba & Caruana's >= 1 point gain is the shallow student's target; a ParNet student, first or not, is held
+    to its label twin (at or above), never to the shallow gain."""
+    students = [main_student, "parnet_tiny"] if main_student != "parnet_tiny" else ["parnet_tiny"]
+    diff = {"mimic_snn_8k": 1.2, "parnet_tiny": -0.3}
+    report = {"meta": {"teacher": {"test_accuracy": 94.0}},
+              "rows": [{"model": f"{s} {o}", "student": s, "objective": o}
+                       for s in students for o in ("labels", "mimic")],
+              "comparisons": [{"a": f"{s} mimic", "b": f"{s} labels", "diff": diff[s], "low": diff[s] - 0.1,
+                               "high": diff[s] + 0.1} for s in students]}
+    targets = check_targets(report, main_student)
+    assert targets[0]["target"].startswith("teacher ensemble") and targets[0]["met"] is False
+    gains = [t for t in targets if "1.0 point above" in t["target"]]
+    assert [t["target"].split()[0] for t in gains] == (["mimic_snn_8k"] if main_student == "mimic_snn_8k" else [])
+    assert all(t["met"] for t in gains)
+    twins = [t for t in targets if "at or above its label twin" in t["target"]]
+    assert [(t["target"].split()[0], t["met"]) for t in twins] == [("parnet_tiny", False)]
 
 @pytest.mark.parametrize("flags, message", [
     (["--objectives", "mimic"], "must include labels"),
