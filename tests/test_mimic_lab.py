@@ -172,7 +172,6 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
     assert [r["test_accuracy"] for r in again["runs"]] == [r["test_accuracy"] for r in report["runs"]]
 
 
-
 @pytest.mark.parametrize("main_student", ["mimic_snn_8k", "parnet_tiny"])
 def test_targets_hold_the_shallow_gain_to_a_shallow_student_and_parnet_to_its_label_twin(main_student):
     """Ba & Caruana's >= 1 point gain is the shallow student's target; a ParNet student, first or not, is held
@@ -191,6 +190,7 @@ def test_targets_hold_the_shallow_gain_to_a_shallow_student_and_parnet_to_its_la
     assert all(t["met"] for t in gains)
     twins = [t for t in targets if "at or above its label twin" in t["target"]]
     assert [(t["target"].split()[0], t["met"]) for t in twins] == [("parnet_tiny", False)]
+
 
 @pytest.mark.parametrize("flags, message", [
     (["--objectives", "mimic"], "must include labels"),
