@@ -8,7 +8,8 @@
 #   OUT=$OUT NONDEEP_DATA=fmnist bash benchmarks/train_gpu.sh
 #
 # Environment: PYTHON (default python) with a CUDA build of torch; DEVICE (default cuda; cpu for a smoke test
-# with SAMPLES=512 GRID="1" SEEDS=2); TP_TIMEOUT, SPEEDRUN_TIMEOUT (s).
+# with SAMPLES=512 GRID="1" SEEDS=2); ROUNDS (throughput rounds, default 3); TEST_TIMEOUT, TP_TIMEOUT,
+# SPEEDRUN_TIMEOUT (s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -19,12 +20,12 @@ export PYTHONPATH=src
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu-info.txt"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" \
     | tee -a "$OUT/gpu-info.txt"
-timeout 120 $PY -m pytest -x -q -rs tests/test_step.py tests/test_ema.py -k "cuda or gpu or ema" \
+timeout "${TEST_TIMEOUT:-120}" $PY -m pytest -x -q -rs tests/test_step.py tests/test_ema.py -k "cuda or gpu or ema" \
     > "$OUT/train-gpu-tests.txt" 2>&1
 echo "CUDA training tests exit $?" | tee -a "$OUT/train-gpu-tests.txt"
 # The report is written after every round: a timeout keeps the rounds that finished.
 timeout "${TP_TIMEOUT:-200}" $PY benchmarks/bench_train_throughput.py --device "$DEVICE" --samples "${SAMPLES:-32768}" \
-    --epochs 2 --rounds 3 --variants default channels_last compile-reduce-overhead --out "$OUT"
+    --epochs 2 --rounds "${ROUNDS:-3}" --variants default channels_last compile-reduce-overhead --out "$OUT"
 echo "throughput exit $?"
 # shellcheck disable=SC2086  # GRID is a list of epoch counts
 timeout "${SPEEDRUN_TIMEOUT:-300}" $PY -m nondeep.cli speedrun --device "$DEVICE" --epoch-grid ${GRID:-8 12 16} \
