@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print('torch', torch.__version__, torch.cuda.get_device_name(0))" \
     | tee -a "$OUT/gpu-info.txt" || exit 1
 # The CUDA tests first, on a clock: their failure is recorded, and the measurement still runs.
-timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -x -q -rs tests/test_inference.py tests/test_bench_parallel.py -k "gpu or cuda" \
+timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -rs tests/test_inference.py tests/test_bench_parallel.py -k "gpu or cuda" \
     > "$OUT/gpu-tests.txt" 2>&1
 echo "CUDA tests exit $?" | tee -a "$OUT/gpu-tests.txt"
 tail -3 "$OUT/gpu-tests.txt"
