@@ -46,9 +46,6 @@ FORMS = {"cpu": ["eager", "channels_last", "onnxruntime", "streams"],
 COMPILE_FORM = {"cpu": "compiled", "cuda": "compiled_graph:float16"}
 PRECISIONS = {"cpu": ["float32"], "cuda": ["float32", "float16"]}
 BATCHES = {"cpu": [1], "cuda": [1, 64]}
-WEIGHTS = ("untrained weights, BatchNorm statistics set from random inputs (nondeep.bench.settle_batchnorm: they "
-           "keep an untrained ResNet-101 inside float16's range; they do not change the time)")
-WEIGHTS_BEFORE = "untrained weights (random BN statistics do not change the time)"  # JSON written before 2026-11-30
 COLUMNS = ["model", "form", "precision", "threads", "infer_batch_size", "infer_step_time", "infer_step_time_p10",
            "infer_step_time_p90", "achieved_gflops", "roof_fraction", "rel_err", "loadavg_before", "section"]
 
@@ -59,7 +56,7 @@ def log(msg: str) -> None:
 
 def _results(info: dict[str, Any], roof: Any, rows: list[dict[str, Any]], failures: list[dict[str, Any]],
              args: argparse.Namespace, start: float, models_done: int, models: int) -> dict[str, Any]:
-    meta = {**info, "weights": WEIGHTS, "loadavg_after": list(os.getloadavg()), "elapsed_s": time.time() - start,
+    meta = {**info, "loadavg_after": list(os.getloadavg()), "elapsed_s": time.time() - start,
             "models_done": models_done, "models": models}
     return {"meta": meta, "roof": roof.as_dict(), "rows": rows, "failures": failures, "tolerance": TOLERANCE,
             "args": vars(args)}
@@ -216,7 +213,8 @@ def markdown(results: dict[str, Any]) -> str:
                 "same interleaved rounds"] if meta.get("interleaved") else
                ["- timing: one model after another, the forms of a model in interleaved rounds"]),
              f"- threads: {meta['threads']} intra-op unless a row says 1; batch sizes "
-             f"{sorted({r['infer_batch_size'] for r in rows})}; {meta.get('weights', WEIGHTS_BEFORE)}",
+             f"{sorted({r['infer_batch_size'] for r in rows})}; untrained weights (random BN statistics do not "
+             "change the time)",
              *([f"- **Measured under load**: the 1-min load average reached {peak_load:.1f} on {meta['cpus']} CPUs, "
                 f"other processes kept up to {max(busy or [0]):.0%} of the CPUs busy before a timing. Forms on 2 intra-op threads suffer most (an OpenMP team waits for a thread that "
                 "has lost its core); one-thread forms and ONNX Runtime least. Read the ratios within a model as the "

@@ -70,32 +70,7 @@ def build_model(name_or_model: str | nn.Module, input_size: Sequence[int] | None
     size = tuple(int(s) for s in (input_size or cfg.get("input_size") or (in_chans or 3, 224, 224)))
     if len(size) != 3:
         raise NondeepError(f"{label}: the input size must be C H W, got {size}")
-    if not isinstance(name_or_model, nn.Module):
-        settle_batchnorm(model, size)
     return model, label, size
-
-
-@torch.no_grad()
-def settle_batchnorm(model: nn.Module, size: Sequence[int], batches: int = 2, batch_size: int = 8) -> None:
-    """An untrained model's BatchNorm running statistics, set from random inputs (their cumulative average), as
-    training would set them: with the defaults (mean 0, variance 1) a deep residual net's eval activations grow
-    block by block, and an untrained ResNet-101's reach ~5e5, past float16's range (its half forms then compute
-    inf/nan). The time of a form does not depend on them."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the batches
-    generator = torch.Generator().manual_seed(0)  # leaves the global random state alone
-    was_training = model.training
-    model.train()
-    for _ in range(batches):
-        model(torch.randn(batch_size, *size, generator=generator))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
 
 
 def _strict_float32(fn: Callable[[torch.Tensor], Any], device: torch.device) -> Callable[[torch.Tensor], Any]:
