@@ -35,6 +35,7 @@ from _common import machine  # benchmarks/_common.py (the script's folder is on 
 
 from nondeep.bench import check_row, prepare_model, refresh_roof, time_models
 from nondeep.inference import TOLERANCE, device_info, measure_roof
+from nondeep.plots import plot_scatter
 from nondeep.report import format_table, write_json, write_text
 
 MODELS_224 = {"cpu": ["parnet_s", "torchvision:resnet18", "torchvision:resnet34", "torchvision:resnet50"],
@@ -46,6 +47,14 @@ FORMS = {"cpu": ["eager", "channels_last", "onnxruntime", "streams"],
 COMPILE_FORM = {"cpu": "compiled", "cuda": "compiled_graph:float16"}
 PRECISIONS = {"cpu": ["float32"], "cuda": ["float32", "float16"]}
 BATCHES = {"cpu": [1], "cuda": [1, 64]}
+# ImageNet top-1 as published, for README's headline figure: the ParNet paper's Table 1 (Goyal et al. 2021) and
+# torchvision's documented IMAGENET1K_V1 weights (acc@1). nondeep trains on neither; only the latency is measured.
+PUBLISHED_TOP1 = {"parnet_s": (75.19, "ParNet paper, Table 1"), "parnet_m": (76.60, "ParNet paper, Table 1"),
+                  "parnet_l": (77.66, "ParNet paper, Table 1"), "parnet_xl": (78.55, "ParNet paper, Table 1"),
+                  "torchvision:resnet18": (69.758, "torchvision IMAGENET1K_V1"),
+                  "torchvision:resnet34": (73.314, "torchvision IMAGENET1K_V1"),
+                  "torchvision:resnet50": (76.130, "torchvision IMAGENET1K_V1"),
+                  "torchvision:resnet101": (77.374, "torchvision IMAGENET1K_V1")}
 COLUMNS = ["model", "form", "precision", "threads", "infer_batch_size", "infer_step_time", "infer_step_time_p10",
            "infer_step_time_p90", "achieved_gflops", "roof_fraction", "rel_err", "loadavg_before", "section"]
 
@@ -126,6 +135,34 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "streams_over_fastest_sequential":
                             par and seq and par["infer_step_time"] / seq["infer_step_time"]})
     return out
+
+
+def headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Published ImageNet top-1 against measured batch-1 latency in the fastest form that passed its output
+    check; a faster form that failed its check is named beside it, not used."""
+    out = []
+    for model, (top1, source) in PUBLISHED_TOP1.items():
+        best = fastest(rows, model, 1)
+        if best is None:
+            continue
+        failed = [r for r in rows if r["model"] == model and r["infer_batch_size"] == 1 and r["form"] != "unfused"
+                  and r["infer_step_time"] < best["infer_step_time"]]
+        failed = min(failed, key=lambda r: r["infer_step_time"], default=None)
+        out.append({"model": model, "published_top1": top1, "accuracy_source": source,
+                    "fastest_form": _label(best), "batch1_ms": best["infer_step_time"],
+                    "faster_but_failed_check": failed and f"{_label(failed)} {failed['infer_step_time']:.3f} ms "
+                                                          f"(rel_err {failed.get('rel_err')})"})
+    return out
+
+
+def plot_headline(results: dict[str, Any], path: Path) -> None:
+    points = [{**row, "label": f"{row['model'].split(':')[-1]}: {row['fastest_form']}" + (
+        f"; faster, failed its check: {row['faster_but_failed_check'].split(' (rel_err')[0]}"
+        if row["faster_but_failed_check"] else "")} for row in headline(results["rows"])]
+    device = results["meta"].get("gpu") or results["meta"]["cpu_model"]
+    plot_scatter(points, "batch1_ms", "published_top1", path, label="label", xlabel="batch-1 latency (ms, measured)",
+                 ylabel="ImageNet top-1 (%, published)",
+                 title=f"Published accuracy, measured latency: {device}, 224x224, {results['meta']['date']}")
 
 
 def _ms(rows: list[dict[str, Any]], model: str, batch: int = 1, **where: Any) -> float | None:
@@ -230,6 +267,10 @@ def markdown(results: dict[str, Any]) -> str:
              f"float32 eager model (relative error; tolerances {results['tolerance']})", "",
              "## Targets", "", format_table(targets(results)), "",
              "## Fastest form per model", "", format_table(summary_rows(rows)), "",
+             "## Published accuracy, measured latency", "",
+             f"ImageNet top-1 as published (not measured here) against the batch-1 latency measured in this run, "
+             f"in each model's fastest form that passed its output check ({headline_png(results)}):", "",
+             format_table(headline(rows)), "",
              "## Every row", "", format_table(rows, COLUMNS), ""]
     if bad:
         lines += ["## Output checks that failed", "", format_table(bad, COLUMNS + ["tolerance"]), ""]
@@ -242,6 +283,17 @@ def markdown(results: dict[str, Any]) -> str:
               "- `streams_over_fastest_sequential` < 1 means the stream-parallel form beats the fastest form that "
               "runs the streams one after another.", ""]
     return "\n".join(lines)
+
+
+def headline_png(results: dict[str, Any]) -> str:
+    return "latency-gpu-headline.png" if results["rows"][0]["device"].startswith("cuda") else "latency-headline.png"
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    stem = "latency-gpu" if results["rows"][0]["device"].startswith("cuda") else "latency"
+    write_text(out / f"{stem}.md", markdown(results))
+    if headline(results["rows"]):
+        plot_headline(results, out / headline_png(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = "latency-gpu" if kind == "cuda" else "latency"
     out = Path(args.out)
     if args.render:
-        write_text(out / f"{stem}.md", markdown(json.loads(Path(args.render).read_text())))
+        write_report(json.loads(Path(args.render).read_text()), out)
         return 0
     args.threads = args.threads or (os.cpu_count() if kind == "cpu" else torch.get_num_threads())
     args.models_224 = MODELS_224[kind] if args.models_224 is None else args.models_224
@@ -275,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     partial = out / f"{stem}-partial.json"  # after each suite: what a run cut short (a timeout) measured
     results = run(args, progress=lambda so_far: write_json(partial, so_far))
     write_json(out / f"{stem}.json", results)
-    write_text(out / f"{stem}.md", markdown(results))
+    write_report(results, out)
     partial.unlink(missing_ok=True)
     log(f"wrote {out / stem}.json and .md")
     return 0

@@ -318,10 +318,32 @@ def test_latency_script_runs_end_to_end_on_a_cpu(tmp_path, monkeypatch):
     text = (tmp_path / "latency.md").read_text()
     assert "parnet_tiny vs preact_resnet_20" in text and "output checks:" in text and "roof" in text
     assert "partial" not in text and not (tmp_path / "latency-partial.json").exists()
+    assert not (tmp_path / "latency-headline.png").exists()  # no model with a published ImageNet accuracy
     # --render rewrites the markdown from the JSON alone
     (tmp_path / "latency.md").unlink()
     assert script.main(["--render", str(tmp_path / "latency.json"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "latency.md").read_text() == text
+
+
+def test_headline_pairs_published_accuracy_with_the_fastest_checked_form(tmp_path):
+    script = load_script("bench_latency")
+
+    def row(model, form, precision, ms, rel_err):
+        return {"model": model, "form": form, "precision": precision, "threads": 16, "infer_batch_size": 1,
+                "infer_step_time": ms, "rel_err": rel_err, "tolerance": 0.01, "device": "cuda:0"}
+
+    rows = [row("parnet_s", "graph", "float16", 0.9, 1e-3), row("parnet_s", "streams_graph", "float16", 0.6, 1e-3),
+            row("torchvision:resnet101", "graph", "float32", 5.2, 0.0),
+            row("torchvision:resnet101", "graph", "float16", 1.7, float("nan")),  # overflowed: not a result
+            row("parnet_tiny", "graph", "float16", 0.3, 1e-3)]  # no published ImageNet accuracy: left out
+    table = script.headline(rows)
+    assert [(r["model"], r["published_top1"], r["batch1_ms"]) for r in table] == [
+        ("parnet_s", 75.19, 0.6), ("torchvision:resnet101", 77.374, 5.2)]
+    assert table[0]["fastest_form"] == "streams_graph (float16)" and table[0]["faster_but_failed_check"] is None
+    assert table[1]["faster_but_failed_check"].startswith("graph (float16) 1.700 ms")
+    results = {"rows": rows, "meta": {"gpu": "a GPU", "cpu_model": "a CPU", "date": "2026-11-30"}}
+    script.plot_headline(results, tmp_path / "headline.png")
+    assert (tmp_path / "headline.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_latency_run_cut_short_keeps_the_suites_it_measured(tmp_path, monkeypatch):
