@@ -20,7 +20,7 @@ export PYTHONPATH=src
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu-info.txt"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" \
     | tee -a "$OUT/gpu-info.txt"
-timeout "${TEST_TIMEOUT:-120}" $PY -m pytest -q -rs tests/test_step.py tests/test_ema.py -k "cuda or gpu or ema" \
+timeout "${TEST_TIMEOUT:-120}" $PY -m pytest -q -rs tests/test_step.py tests/test_ema.py tests/test_train_options.py -k "cuda or gpu or ema" \
     > "$OUT/train-gpu-tests.txt" 2>&1
 echo "CUDA training tests exit $?" | tee -a "$OUT/train-gpu-tests.txt"
 # The report is written after every round: a timeout keeps the rounds that finished.

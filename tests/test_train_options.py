@@ -322,6 +322,20 @@ def test_label_smoothing_is_the_training_loss(tiny_fashion, tmp_path, monkeypatc
     assert train_loss != pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)  # 4e-4 apart at init
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_captured_step_on_a_gpu_trains_the_weights_of_the_eager_step(tiny_fashion, tmp_path):
+    """Issue 14: the step compiled by inductor and replayed from CUDA graphs (reduce-overhead) against the eager
+    step, float32 on both (no autocast), 4 steps. Inductor fuses the pointwise work and reorders its sums, so
+    the weights agree to float32 rounding grown over a few steps, not bit for bit."""
+    kw = dict(device="cuda", amp=False, epochs=2, max_train_samples=64)
+    train(_cfg(tiny_fashion, tmp_path / "captured", compile=True, compile_mode="reduce-overhead", **kw))
+    train(_cfg(tiny_fashion, tmp_path / "eager", **kw))
+    a, b = _tensors(tmp_path / "captured", "model."), _tensors(tmp_path / "eager", "model.")
+    assert sorted(a) == sorted(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+
+
 def test_compile_trains_the_same_weights_and_saves_plain_names(tiny_fashion, tmp_path, monkeypatch):
     """torch.compile (with dynamo's eager backend here: inductor's C++ build is too slow for a unit test)
     wraps the model for training only; the checkpoint holds the plain model's names and the same weights."""
