@@ -285,13 +285,16 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _stem(results: dict[str, Any]) -> str:
+    return "latency-gpu" if results["rows"][0]["device"].startswith("cuda") else "latency"
+
+
 def headline_png(results: dict[str, Any]) -> str:
-    return "latency-gpu-headline.png" if results["rows"][0]["device"].startswith("cuda") else "latency-headline.png"
+    return f"{_stem(results)}-headline.png"
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
-    stem = "latency-gpu" if results["rows"][0]["device"].startswith("cuda") else "latency"
-    write_text(out / f"{stem}.md", markdown(results))
+    write_text(out / f"{_stem(results)}.md", markdown(results))
     if headline(results["rows"]):
         plot_headline(results, out / headline_png(results))
 
