@@ -66,6 +66,19 @@ def test_cli_export_writes_the_file(tmp_path, capsys):
     assert not list(out.parent.glob(".*.tmp"))  # the atomic write left no temporary file
 
 
+def test_cli_export_can_name_the_fastest_form_on_this_cpu(tmp_path, capsys):
+    from nondeep.cli import main
+    from nondeep.inference import FORMS
+
+    out = tmp_path / "model.onnx"
+    assert main(["export", "parnet_tiny", "--out", str(out), "--threads", "1", "--repeats", "3",
+                 "--compare-forms"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("fastest form on this CPU (nondeep.inference.optimize,") and out.is_file()
+    chosen = line.split("): ")[1].split(" ")[0].rstrip(",")
+    assert chosen in FORMS or chosen.split("(")[0] in FORMS, line
+
+
 def test_missing_onnxruntime_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
     with pytest.raises(NondeepError, match=r"pip install nondeep\[onnx\]"):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..export import export_onnx
+import torch
+
+from ..export import export_onnx, load_model_or_checkpoint
+from ..inference import available_forms, optimize
 
 FORMATS = ("onnx",)
 
@@ -37,6 +40,14 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"{', '.join(map(str, result['checked_batch_sizes']))}")
         print(f"batch-1 latency, median of {result['latency_repeats']}, {result['threads']} thread(s): PyTorch "
               f"{result['torch_latency_ms']:.2f} ms, ONNX Runtime {result['ort_latency_ms']:.2f} ms")
+    if args.compare_forms:  # is the ONNX file this machine's fastest form? nondeep.inference.optimize measures
+        model, _ = load_model_or_checkpoint(args.model, **model_kwargs)
+        cpu = torch.device("cpu")
+        fast = optimize(model, torch.randn(1, *result["input_size"]), device=cpu, threads=args.threads,
+                        forms=available_forms(cpu, model, compiled=False), repeats=args.repeats, label=result["model"])
+        print(f"fastest form on this CPU (nondeep.inference.optimize, {len(fast.timings)} tried): "
+              f"{fast.runner.label()}, {fast.latency_ms:.2f} ms at batch 1")
+        fast.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,4 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="threads for PyTorch and ONNX Runtime when timing")
     p.add_argument("--repeats", type=int, default=30, help="timed calls for the latency medians")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison and timing")
+    p.add_argument("--compare-forms", action="store_true",
+                   help="also time every CPU inference form (nondeep.inference.optimize, compiled ones left out) "
+                   "and name the fastest, so you see whether ONNX Runtime is it on this machine")
     p.set_defaults(func=cmd_export)
