@@ -124,3 +124,33 @@ def test_cpu_bf16_on_a_cpu_without_native_bf16_is_one_line(tiny_fashion, tmp_pat
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--cpu-bf16 needs CPU runs on a CPU with native bf16" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, warmed", [(["--compile"], True), (["--compile", "--no-warm-up"], False), ([], False)])
+def test_a_compiled_recipe_is_compiled_by_an_untimed_warm_up_run_first(tiny_fashion, tmp_path, monkeypatch, flags,
+                                                                        warmed):
+    monkeypatch.setattr("torch.compile", lambda model, **_: model)  # the protocol is under test here, not inductor
+    import nondeep.experiments.speedrun as speedrun_module
+
+    trained = []
+
+    def spy(folder, run, budget, seed, **recipe):
+        trained.append((run.label, seed, budget.max_train_samples, recipe["epochs"]))
+        return train_run(folder, run, budget, seed, **recipe)
+
+    train_run = speedrun_module.train_run
+    monkeypatch.setattr(speedrun_module, "train_run", spy)
+    report = speedrun(tmp_path, tiny_fashion, "--target", "1", "--seeds", "2", *flags)
+    markdown = (tmp_path / "sr" / "speedrun.md").read_text()
+    measured = [(label, seed) for label, seed, *_ in trained if "warmup" not in label]
+    assert measured == [("mimic_snn_1k-1ep", 0), ("mimic_snn_1k-1ep", 1)]  # the timed runs are as without it
+    if warmed:
+        # first, before any timed run: one epoch of 4 full batches of the recipe's 64, on seeds of its own
+        assert trained[0] == ("mimic_snn_1k-warmup", speedrun_module.WARMUP_SEED_OFFSET, 286, 1)
+        assert report["warmup"]["steps"] == speedrun_module.WARMUP_STEPS and report["warmup"]["batch_size"] == 64
+        assert report["warmup"]["seconds"] > 0 and "an untimed warm-up run (4 steps of 64 images" in markdown
+        assert not list((tmp_path / "sr").glob("*warmup*"))  # thrown away
+    else:
+        assert report["warmup"] is None and len(trained) == 2
+        assert ("in each timed run's first epoch (no warm-up)" if flags else "compilation: none (eager)") in markdown
+    assert ("--no-warm-up" in report["meta"]["command"]) == ("--no-warm-up" in flags)

@@ -27,10 +27,11 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
                *(["--device", args.device] if args.device != "auto" else []),
                *(["--threads", str(args.threads)] if args.threads else []),
                *(["--cpu-bf16"] if args.cpu_bf16 else []), *(["--compile"] if args.compile else []),
+               *([] if args.warm_up else ["--no-warm-up"]),
                *(["--data-dir", args.data_dir] if args.data_dir else [])]
     run_speedrun(lab_folder(args.out, NAME), config, target=args.target, epoch_grid=grid, margin=args.margin,
                  tune_seeds=args.tune_seeds, time_target=time_target, budget=budget, results=args.results,
-                 command=command)
+                 warm_up=args.warm_up, command=command)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,8 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch threads on a CPU (default: torch's choice)")
     p.add_argument("--cpu-bf16", action="store_true", help="on a CPU with native bf16 (AVX512-BF16 or AMX), train "
                                                            "in bf16 autocast (docs/results/cpu_bf16.md)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step (its compilation is "
-                                                          "timed, in the first epoch)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile a compiled recipe in an untimed warm-up run of a few steps before the timed runs, "
+                        "as airbench does (--no-warm-up: each timed run's first epoch pays for it)")
     p.add_argument("--data-dir")
     p.add_argument("--out", help="run folder (default runs/lab-speedrun-<date>); finished runs are reused")
     p.add_argument("--results", help="also write speedrun.json/.md here (e.g. docs/results)")
