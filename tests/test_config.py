@@ -20,7 +20,7 @@ DEFAULTS = {
     "step_milestones": [0.3, 0.6, 0.8], "step_gamma": 0.2, "label_smoothing": 0.1, "grad_clip": 0.0,
     "ema_decay": 0.0, "crop_padding": 2, "flip": True, "cutout": 0, "tta_flip": False,
     "device": "auto", "amp": True, "cpu_bf16": False, "channels_last": False, "compile": False,
-    "compile_mode": "default", "threads": None, "num_workers": 2,
+    "compile_mode": "auto", "threads": None, "num_workers": 2,
     "seed": 0, "deterministic": False, "checkpoint_every_steps": 0, "checkpoint_every_minutes": 0.0,
     "on_nan": "stop", "progress": True,
 }
@@ -58,7 +58,7 @@ EDGES = [
     ("crop_padding", 0, -1, "crop_padding and cutout must be >= 0"),
     ("cutout", 0, -1, "crop_padding and cutout must be >= 0"),
     ("compile_mode", "reduce-overhead", "fast",
-     "compile_mode must be one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+     "compile_mode must be one of auto, default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
     ("image_size", 8, 7, "image_size must be >= 8"),
     ("in_chans", 1, 2, "in_chans must be 1 (grey) or 3 (colour)"),
     ("in_chans", 3, 4, "in_chans must be 1 (grey) or 3 (colour)"),

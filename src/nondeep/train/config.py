@@ -14,7 +14,17 @@ import yaml
 
 from ..errors import NondeepError
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+# torch.compile's modes, and auto: reduce-overhead (CUDA graphs) on one CUDA device, where it trained parnet_tiny
+# 3.5x faster than the eager step (an H200, docs/results/train_throughput-gpu.md) and inductor's default mode ran
+# at the eager step's speed (issue 14); default elsewhere (CUDA graphs are CUDA's; DDP keeps inductor's default)
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode_for(mode: str, device_type: str, world_size: int = 1) -> str:
+    """The torch.compile mode a run uses: `mode` as given, or for auto the one measured best on the device."""
+    if mode != "auto":
+        return mode
+    return "reduce-overhead" if device_type == "cuda" and world_size == 1 else "default"
 
 
 class ConfigError(NondeepError):
@@ -62,7 +72,7 @@ class TrainConfig:
     cpu_bf16: bool = False                 # bf16 mixed precision on a CPU that has it natively (AVX512-BF16, AMX)
     channels_last: bool = False
     compile: bool = False
-    compile_mode: str = "default"          # torch.compile mode: reduce-overhead replays CUDA graphs on a GPU
+    compile_mode: str = "auto"             # torch.compile mode; auto: reduce-overhead on one GPU, else default
     threads: int | None = None
     num_workers: int = 2
     # reproducibility and safety

@@ -31,7 +31,7 @@ from ..hardware import native_cpu_bf16
 from ..report import remove_stale_temp_files, write_json, write_text
 from ..reparam import reparameterize_model
 from ..runlock import RunLock, check_folder_is_ours
-from .config import TrainConfig
+from .config import TrainConfig, compile_mode_for
 from .ema import ModelEMA
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at
@@ -139,6 +139,12 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     is_main = rank == 0
+    if cfg.compile:  # auto resolved here, so config.yaml and the summary name the mode that ran
+        mode = compile_mode_for(cfg.compile_mode, device.type, world_size)
+        if is_main:
+            print(f"nondeep: the step is compiled with torch.compile mode {mode}"
+                  + (f" (auto on {device.type})" if cfg.compile_mode == "auto" else ""), flush=True)
+        cfg = dataclasses.replace(cfg, compile_mode=mode)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
