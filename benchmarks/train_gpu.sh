@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One go on a GPU machine for issue 14 (prepared for an H200; ~8 min): the CUDA training tests, the trainer's
 # throughput in each speed option against a bare loop (docs/results/train_throughput.*), then the speedrun at a
-# cut budget (schedule chosen on validation from 8 12 16 epochs with 1 tuning seed, 5 measured seeds;
+# cut budget (schedule chosen on validation from 8 12 16 epochs with 1 tuning seed, 10 measured seeds;
 # docs/results/speedrun.*, and speedrun-runs.tgz: its runs without checkpoints). Tried on a CPU (DEVICE=cpu
 # ..., 2026-11-30): every step runs and writes its files. Fashion-MNIST must be where NONDEEP_DATA points.
 #
@@ -28,9 +28,10 @@ timeout "${TP_TIMEOUT:-200}" $PY benchmarks/bench_train_throughput.py --device "
     --epochs 2 --rounds "${ROUNDS:-3}" --variants default channels_last compile-reduce-overhead --out "$OUT"
 echo "throughput exit $?"
 # shellcheck disable=SC2086  # GRID is a list of epoch counts
+# --compile: CUDA graphs (compile_mode auto), compiled once by an untimed warm-up run, then reused by every run
 timeout "${SPEEDRUN_TIMEOUT:-300}" $PY -m nondeep.cli speedrun --device "$DEVICE" --epoch-grid ${GRID:-8 12 16} \
-    --tune-seeds 1 --seeds "${SEEDS:-5}" ${SAMPLES:+--max-train-samples $SAMPLES} --out "runs/speedrun-$DEVICE" \
-    --results "$OUT" --no-progress
+    --tune-seeds 1 --seeds "${SEEDS:-10}" ${SAMPLES:+--max-train-samples $SAMPLES} --compile \
+    --out "runs/speedrun-$DEVICE" --results "$OUT" --no-progress
 echo "speedrun exit $?"
 # Its runs' JSON, CSV and YAML (no checkpoints), even when cut short: `nondeep speedrun --out` on this folder
 # elsewhere reuses every finished run and writes the report.
