@@ -79,3 +79,21 @@ def test_no_host_read_after_the_first_update(monkeypatch):
     theirs.update_parameters(model)
     assert _host_reads(monkeypatch, ours, model, 3) == 0
     assert _host_reads(monkeypatch, theirs, model, 3) >= 3  # the count can fail: torch's update reads each time
+
+
+def test_a_masked_update_is_torchs_update_when_kept_and_leaves_everything_when_skipped():
+    """on_nan skip: keep 1 is torch's update (the first a copy), keep 0 changes nothing, not even the count."""
+    model = _model()
+    ours, theirs = ModelEMA(model, 0.8), _torch_ema(model, 0.8)
+    for i, kept in enumerate([False, True, False, True, True]):  # a skipped first step: the next one copies
+        _step(model, i)
+        before = {k: v.clone() for k, v in ours.state_dict().items()}
+        ours.update_parameters(model, keep=torch.tensor(1.0 if kept else 0.0))
+        if not kept:
+            assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items()), i
+            continue
+        theirs.update_parameters(model)
+        reference = theirs.state_dict()
+        for key, value in ours.state_dict().items():
+            torch.testing.assert_close(value, reference[key], rtol=1e-6, atol=1e-7, msg=f"{i} {key}")
+    assert int(ours.n_averaged) == 3

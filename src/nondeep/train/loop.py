@@ -34,7 +34,7 @@ from ..runlock import RunLock, check_folder_is_ours
 from .config import TrainConfig, compile_mode_for
 from .ema import ModelEMA
 from .evaluate import evaluate
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, skip_if_nonfinite
 from .running import REFRESH_SECONDS, RunningSums, Totals
 from .preflight import (build_model, check_out_path, check_resume_fits, fit_batches, fitted_config,
                         model_kwargs_for)
@@ -215,11 +215,14 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                 "run_meta": run_meta or {},
                 "saved_at": dt.datetime.now().isoformat(timespec="seconds")}
 
-    def check_finite(totals: Totals, epoch: int) -> None:
+    def check_finite(totals: Totals, epoch: int, skipped_before: int) -> None:
         """Stop (on_nan stop) at the first non-finite loss, naming its step: read before any checkpoint is
-        written, so none holds weights it updated."""
+        written, so none holds weights it updated. Under skip, count the steps the device skipped."""
+        nonlocal nan_steps
         bad = totals.first_nonfinite_step
-        if bad is not None:
+        if cfg.on_nan == "skip":
+            nan_steps = skipped_before + totals.skipped
+        elif bad is not None:
             raise TrainingDiverged(
                 f"loss is NaN or infinite at step {bad} (epoch {epoch + 1}, lr "
                 f"{lr_at(bad, total_steps, steps_per_epoch, cfg):.4g}); last good checkpoint: "
@@ -246,6 +249,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
             bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (cfg.progress and is_main), leave=False, dynamic_ncols=True)
             running = RunningSums(device, partial["loss_sum"], partial["correct"], partial["seen"])
+            skipped_before = nan_steps  # the sums count this epoch's skipped steps (since a resumed checkpoint)
             next_read = time.monotonic() + REFRESH_SECONDS
             for batch_in_epoch, (x, y, *indices) in enumerate(train_loader, start=start_batch):
                 lr = lr_at(step, total_steps, steps_per_epoch, cfg)
@@ -258,19 +262,15 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                     logits = train_model(x)
                     loss = (loss_fn(logits.float(), y, indices[0] if indices else None, x) if loss_fn else
                             F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing))
-                if cfg.on_nan == "skip" and not torch.isfinite(loss):  # skip decides each step: one sync a step
-                    nan_steps += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    continue
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                keep = skip_if_nonfinite(optimizer, loss) if cfg.on_nan == "skip" else None  # decided on the device
                 optimizer.step()
                 if ema is not None:
-                    ema.update_parameters(model)
-                running.add(loss, logits, y, step)
+                    ema.update_parameters(model, keep)
+                running.add(loss, logits, y, step, skip_nonfinite=keep is not None)
                 step += 1
                 bar.update(1)
                 due = ((cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or
@@ -279,10 +279,11 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                     continue
                 # the device's sums, read at most every REFRESH_SECONDS and before a checkpoint (one sync)
                 totals = running.read()
-                check_finite(totals, epoch)
+                check_finite(totals, epoch, skipped_before)
                 next_read = time.monotonic() + REFRESH_SECONDS
                 elapsed = time.perf_counter() - epoch_start
-                bar.set_postfix(loss=f"{totals.loss_sum / totals.seen:.3f}", acc=f"{100 * totals.correct / totals.seen:.1f}",
+                seen = max(1, totals.seen)  # none when every step so far was skipped
+                bar.set_postfix(loss=f"{totals.loss_sum / seen:.3f}", acc=f"{100 * totals.correct / seen:.1f}",
                                 img_s=f"{totals.seen * world_size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.3g}")
                 if (due or stop.signal) and batch_in_epoch + 1 < steps_per_epoch:
                     save(last_path, epoch, batch_in_epoch + 1, totals.partial(elapsed))
@@ -295,7 +296,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                 break
             start_batch = 0
             totals = running.read()
-            check_finite(totals, epoch)
+            check_finite(totals, epoch, skipped_before)
             partial = totals.partial(0.0)
             epoch_seconds = time.perf_counter() - epoch_start
             eval_model = ema.module if ema is not None else model

@@ -12,13 +12,33 @@ from .config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """No weight decay on BN parameters and biases (1-d tensors): decaying them only hurts small nets."""
+    """No weight decay on BN parameters and biases (1-d tensors): decaying them only hurts small nets.
+
+    Under on_nan skip the optimizer is torch's fused one: its step takes a `found_inf` flag (the protocol
+    GradScaler uses) and leaves the weights and its state untouched on the device when it is set, so skipping
+    a non-finite step needs no host read (skip_if_nonfinite)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = True if cfg.on_nan == "skip" else None
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+    sgd = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                          fused=fused)
+    if fused and cfg.momentum > 0:
+        # the fused step makes an empty momentum buffer at its first step and fills it there: a skipped first
+        # step would leave it uninitialised. Zeros give the same first step (momentum x 0 + grad, no dampening).
+        for p in [*decay, *no_decay]:
+            sgd.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return sgd
+
+
+def skip_if_nonfinite(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+    """Arm the fused optimizer's next step to skip itself on the device when `loss` is not finite; returns the
+    step's keep flag (1.0: the step counts, 0.0: skipped) for what else must skip it (the EMA)."""
+    finite = torch.isfinite(loss.detach()).float()
+    optimizer.found_inf = 1.0 - finite  # type: ignore[attr-defined]  # read by the fused step
+    return finite
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:

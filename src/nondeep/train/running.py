@@ -7,7 +7,8 @@ REFRESH_SECONDS, before a checkpoint, and at the epoch's end.
 
 The NaN guard stays exact although it is read late: the sums keep the first step whose loss was not finite,
 so the error names that step, and the loop reads the flag before every checkpoint so that no checkpoint holds
-weights updated by a non-finite loss.
+weights updated by a non-finite loss. Under on_nan skip the optimizer skips such a step on the device (fused
+step with found_inf) and the sums leave it out and count it, also with no read a step.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Totals:
     loss_sum: float
     correct: float
     seen: int
+    skipped: int                      # steps left out because their loss was not finite (on_nan skip)
     first_nonfinite_step: int | None  # the first step whose loss was NaN or infinite, if any
 
     def partial(self, seconds: float) -> dict[str, float]:
@@ -37,21 +39,24 @@ class RunningSums:
     """Per-epoch sums on `device`, started from a checkpoint's partial epoch (loss_sum, correct, seen)."""
 
     def __init__(self, device: torch.device, loss_sum: float = 0.0, correct: float = 0.0, seen: int = 0) -> None:
-        # [loss x images, correct predictions, first non-finite step (inf: none)]; float64 holds counts exactly
-        self._sums = torch.tensor([loss_sum, correct, math.inf], dtype=torch.float64, device=device)
-        self.seen = int(seen)  # batch sizes are known on the host: no need to ask the device
+        # [loss x images, correct predictions, images, skipped steps, first non-finite step (inf: none)];
+        # float64 holds the counts exactly
+        self._sums = torch.tensor([loss_sum, correct, seen, 0.0, math.inf], dtype=torch.float64, device=device)
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int) -> None:
-        """Queue this step's contribution (device ops only)."""
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int,
+            skip_nonfinite: bool = False) -> None:
+        """Queue this step's contribution (device ops only); skip_nonfinite: a step whose loss is not finite
+        adds nothing but its count of skipped steps."""
         loss = loss.detach().double()
         n = labels.numel()
-        nonfinite_at = torch.where(torch.isfinite(loss), math.inf, float(step))
+        finite = torch.isfinite(loss)
         correct = (logits.detach().argmax(1) == labels).sum().double()
-        self._sums[:2] += torch.stack([loss * n, correct])
-        self._sums[2:] = torch.minimum(self._sums[2:], nonfinite_at.view(1))
-        self.seen += n
+        kept = finite.double() if skip_nonfinite else torch.ones_like(loss)
+        loss_part = torch.where(finite, loss * n, 0.0) if skip_nonfinite else loss * n  # NaN x 0 is NaN
+        self._sums[:4] += torch.stack([loss_part, correct * kept, n * kept, 1 - kept])
+        self._sums[4:] = torch.minimum(self._sums[4:], torch.where(finite, math.inf, float(step)).view(1))
 
     def read(self) -> Totals:
         """The sums on the host: one device sync."""
-        loss_sum, correct, bad = self._sums.tolist()
-        return Totals(loss_sum, correct, self.seen, None if math.isinf(bad) else int(bad))
+        loss_sum, correct, seen, skipped, bad = self._sums.tolist()
+        return Totals(loss_sum, correct, int(seen), int(skipped), None if math.isinf(bad) else int(bad))
