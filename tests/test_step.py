@@ -124,6 +124,17 @@ def test_running_sums_keep_the_first_nonfinite_step():
     assert clean.read().partial(3.0) == {"loss_sum": 0.5, "correct": 1, "seen": 2, "seconds": 3.0}
 
 
+def test_running_sums_leave_out_and_count_the_steps_the_optimizer_skipped():
+    sums = RunningSums(torch.device("cpu"))
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
+    sums.add(torch.tensor(0.5), logits, labels, step=0, keep=torch.tensor(1.0))
+    sums.add(torch.tensor(float("nan")), logits, labels, step=1, keep=torch.tensor(0.0))
+    sums.add(torch.tensor(0.25), logits, labels, step=2, keep=torch.tensor(0.0))  # skipped for its gradients
+    totals = sums.read()
+    assert (totals.loss_sum, totals.correct, totals.seen, totals.skipped) == (1.0, 1, 2, 2)
+    assert totals.first_nonfinite_step == 1  # still kept: on_nan stop reads it
+
+
 def test_running_sums_count_exactly_past_float32s_integers():
     """float64 sums: a count past 2**24 (float32's last exact integer) still grows by one."""
     sums = RunningSums(torch.device("cpu"), loss_sum=0.0, correct=2 ** 24, seen=2 ** 24)

@@ -270,7 +270,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                 optimizer.step()
                 if ema is not None:
                     ema.update_parameters(model, keep)
-                running.add(loss, logits, y, step, skip_nonfinite=keep is not None)
+                running.add(loss, logits, y, step, keep=keep)
                 step += 1
                 bar.update(1)
                 due = ((cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or

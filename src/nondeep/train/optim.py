@@ -34,11 +34,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def skip_if_nonfinite(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
-    """Arm the fused optimizer's next step to skip itself on the device when `loss` is not finite; returns the
-    step's keep flag (1.0: the step counts, 0.0: skipped) for what else must skip it (the EMA)."""
-    finite = torch.isfinite(loss.detach()).float()
-    optimizer.found_inf = 1.0 - finite  # type: ignore[attr-defined]  # read by the fused step
-    return finite
+    """Arm the fused optimizer's next step to skip itself on the device when `loss` or a gradient is not
+    finite (under DDP the gradients are all-reduced, so every rank decides alike); returns the step's keep flag
+    (1.0: the step counts, 0.0: skipped) for what else must skip it (the EMA, the running sums)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
+    optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]  # read by the fused step
+    return finite.float()
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:

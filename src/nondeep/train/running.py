@@ -44,15 +44,15 @@ class RunningSums:
         self._sums = torch.tensor([loss_sum, correct, seen, 0.0, math.inf], dtype=torch.float64, device=device)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int,
-            skip_nonfinite: bool = False) -> None:
-        """Queue this step's contribution (device ops only); skip_nonfinite: a step whose loss is not finite
-        adds nothing but its count of skipped steps."""
+            keep: torch.Tensor | None = None) -> None:
+        """Queue this step's contribution (device ops only); keep (on_nan skip): the step's device flag, 0.0
+        when the optimizer skipped it, which then adds nothing but its count of skipped steps."""
         loss = loss.detach().double()
         n = labels.numel()
         finite = torch.isfinite(loss)
         correct = (logits.detach().argmax(1) == labels).sum().double()
-        kept = finite.double() if skip_nonfinite else torch.ones_like(loss)
-        loss_part = torch.where(finite, loss * n, 0.0) if skip_nonfinite else loss * n  # NaN x 0 is NaN
+        kept = torch.ones_like(loss) if keep is None else keep.double()
+        loss_part = loss * n if keep is None else torch.where(kept > 0, loss * n, 0.0)  # NaN x 0 is NaN
         self._sums[:4] += torch.stack([loss_part, correct * kept, n * kept, 1 - kept])
         self._sums[4:] = torch.minimum(self._sums[4:], torch.where(finite, math.inf, float(step)).view(1))
 
