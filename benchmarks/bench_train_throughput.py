@@ -35,9 +35,9 @@ from nondeep.hardware import native_cpu_bf16
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "channels_last": {"channels_last": True},
-    "compile": {"compile": True},
+    "compile": {"compile": True},  # the trainer's --compile: compile_mode auto, so CUDA graphs on one GPU
     "channels_last+compile": {"channels_last": True, "compile": True},
-    "compile-reduce-overhead": {"compile": True, "compile_mode": "reduce-overhead"},  # CUDA graphs on a GPU
+    "compile-reduce-overhead": {"compile": True, "compile_mode": "reduce-overhead"},  # CUDA graphs, asked by name
     # bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX); on CUDA the default already steps in bf16
     "bf16": {"cpu_bf16": True},
     "channels_last+bf16": {"channels_last": True, "cpu_bf16": True},
