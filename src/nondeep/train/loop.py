@@ -142,8 +142,8 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
     if cfg.compile:  # auto resolved here, so config.yaml and the summary name the mode that ran
         mode = compile_mode_for(cfg.compile_mode, device.type, world_size)
         if is_main:
-            print(f"nondeep: the step is compiled with torch.compile mode {mode}"
-                  + (f" (auto on {device.type})" if cfg.compile_mode == "auto" else ""), flush=True)
+            auto = f" (auto on {device.type})" if cfg.compile_mode == "auto" else ""
+            print(f"nondeep: the step is compiled with torch.compile mode {mode}{auto}", flush=True)
         cfg = dataclasses.replace(cfg, compile_mode=mode)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
