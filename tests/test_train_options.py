@@ -121,9 +121,10 @@ def test_ema_follows_its_formula_and_is_what_evaluation_uses(tiny_fashion, tmp_p
     seen = []
     real_update = loop.ModelEMA.update_parameters
 
-    def record(self, model):
+    def record(self, model, keep=None):
+        assert keep is None  # on_nan stop: nothing masked
         seen.append({k: v.detach().clone() for k, v in model.named_parameters()})
-        return real_update(self, model)
+        return real_update(self, model, keep)
 
     monkeypatch.setattr(loop.ModelEMA, "update_parameters", record)
     emas, evaluated = [], []
