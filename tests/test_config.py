@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 
 from nondeep.train import ConfigError, TrainConfig, config_from_dict, load_config
+from nondeep.train.config import compile_mode_for
 
 # The recipe a run without flags trains with. Runs, labs and their reuse checks depend on these values, so a
 # change must be deliberate: update this table and say so in the commit.
@@ -186,3 +187,10 @@ def test_every_field_is_checked_by_type():
     for field in dataclasses.fields(TrainConfig):
         with pytest.raises(ConfigError, match=f"config key '{field.name}' must be "):
             config_from_dict({field.name: {1}})
+
+
+@pytest.mark.parametrize("device, world_size, mode", [("cuda", 1, "reduce-overhead"), ("cuda", 2, "default"),
+                                                      ("cpu", 1, "default")])
+def test_compile_mode_auto_is_cuda_graphs_on_one_gpu_and_inductors_default_elsewhere(device, world_size, mode):
+    assert compile_mode_for("auto", device, world_size) == mode
+    assert compile_mode_for("max-autotune", device, world_size) == "max-autotune"  # a mode asked for is kept

@@ -1,13 +1,16 @@
 """Every learning-rate schedule at every step, against its closed form or torch's own scheduler: the
-warm-up's first and last steps, the step milestones themselves, and the last step of training."""
+warm-up's first and last steps, the step milestones themselves, and the last step of training; and the
+step skipped on the device under on_nan skip."""
 
+import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from nondeep.train import TrainConfig
-from nondeep.train.optim import lr_at
+from nondeep.train.optim import build_optimizer, lr_at, skip_if_nonfinite
 
 LR, TOTAL, PER_EPOCH = 0.1, 100, 10
 
@@ -98,3 +101,35 @@ def test_optimizer_decays_only_the_weights_of_convs_and_linears():
     adamw = build_optimizer(model, TrainConfig(optimizer="adamw", lr=2e-3, weight_decay=0.05))  # not the default
     assert isinstance(adamw, torch.optim.AdamW)
     assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0] and adamw.param_groups[0]["lr"] == 2e-3
+
+
+def test_a_nonfinite_step_is_skipped_on_the_device_leaving_weights_and_optimizer_state():
+    """on_nan skip: the fused step armed by skip_if_nonfinite leaves every weight and every optimizer state as it
+    was when the loss is not finite (the first step included), and steps as torch's own when it is finite."""
+    for optimizer_name in ("sgd", "adamw"):
+        cfg = TrainConfig(on_nan="skip", optimizer=optimizer_name, lr=0.1)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        reference = copy.deepcopy(model)
+        optimizer = build_optimizer(model, cfg)
+        plain = build_optimizer(reference, dataclasses.replace(cfg, on_nan="stop"))
+        x = torch.randn(8, 4)
+        for i, poisoned in enumerate([True, False, True, False]):
+            before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+            loss = model(x).square().mean() * (float("nan") if poisoned else 1.0)
+            optimizer.zero_grad()
+            loss.backward()
+            keep = skip_if_nonfinite(optimizer, loss)
+            optimizer.step()
+            assert float(keep) == (0.0 if poisoned else 1.0)
+            if poisoned:
+                assert all(torch.equal(v, before[0][k]) for k, v in model.state_dict().items()), (optimizer_name, i)
+                for k, state in optimizer.state_dict()["state"].items():  # AdamW's first: made, at its zeros
+                    was = before[1]["state"].get(k, {n: torch.zeros_like(v) for n, v in state.items()})
+                    assert all(torch.equal(v, was[n]) for n, v in state.items()), (optimizer_name, i, k)
+                continue
+            plain.zero_grad()
+            reference(x).square().mean().backward()
+            plain.step()
+            for k, v in model.state_dict().items():
+                torch.testing.assert_close(v, reference.state_dict()[k], rtol=1e-6, atol=1e-7)

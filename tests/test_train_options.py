@@ -18,7 +18,6 @@ from nondeep.data import Augment, build_loaders, load_arrays
 from nondeep.data.sampling import epoch_indices
 from nondeep.train import TrainConfig, config_from_dict, evaluate_checkpoint, load_config, train
 from nondeep.train import loop
-from nondeep.train.config import compile_mode_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -353,13 +352,6 @@ def test_compile_trains_the_same_weights_and_saves_plain_names(tiny_fashion, tmp
     assert sorted(a) == sorted(b)  # no "_orig_mod." in the names
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("device, world_size, mode", [("cuda", 1, "reduce-overhead"), ("cuda", 2, "default"),
-                                                      ("cpu", 1, "default")])
-def test_compile_mode_auto_is_cuda_graphs_on_one_gpu_and_inductors_default_elsewhere(device, world_size, mode):
-    assert compile_mode_for("auto", device, world_size) == mode
-    assert compile_mode_for("max-autotune", device, world_size) == "max-autotune"  # a mode asked for is kept
 
 
 def test_compile_with_mode_auto_says_which_mode_ran_and_records_it(tiny_fashion, tmp_path, monkeypatch, capsys):
