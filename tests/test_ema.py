@@ -97,3 +97,10 @@ def test_a_masked_update_is_torchs_update_when_kept_and_leaves_everything_when_s
         for key, value in ours.state_dict().items():
             torch.testing.assert_close(value, reference[key], rtol=1e-6, atol=1e-7, msg=f"{i} {key}")
     assert int(ours.n_averaged) == 3
+
+
+def test_load_state_dict_passes_its_options_on():
+    ema = ModelEMA(_model(), 0.9)
+    state = {**ema.state_dict(), "unexpected": torch.zeros(1)}
+    missing, unexpected = ema.load_state_dict(state, strict=False)  # torch's strict=True would raise
+    assert unexpected == ["unexpected"] and not missing

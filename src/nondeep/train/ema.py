@@ -51,9 +51,9 @@ class ModelEMA(AveragedModel):
         for ema, model in _by_device_and_dtype(averaged, current):
             if ema[0].is_floating_point():
                 torch._foreach_lerp_(ema, model, weight.to(ema[0].device, ema[0].dtype))
-            else:  # integer buffers (BatchNorm's count), as torch's EMA function treats them
+            else:  # integer buffers (BatchNorm's count), as torch's EMA function treats them; weight 0 gives e
                 for e, c in zip(ema, model, strict=True):
-                    e.copy_(torch.where(weight > 0, e * (1 - weight) + c * weight, e))
+                    e.copy_(e * (1 - weight) + c * weight)
         self.n_averaged += (keep > 0).to(self.n_averaged.dtype)
 
     def load_state_dict(self, *args, **kwargs):  # type: ignore[override]
