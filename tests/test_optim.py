@@ -105,7 +105,8 @@ def test_optimizer_decays_only_the_weights_of_convs_and_linears():
 
 def test_a_nonfinite_step_is_skipped_on_the_device_leaving_weights_and_optimizer_state():
     """on_nan skip: the fused step armed by skip_if_nonfinite leaves every weight and every optimizer state as it
-    was when the loss is not finite (the first step included), and steps as torch's own when it is finite."""
+    was when the loss or a gradient is not finite (the first step included), and steps as torch's own (the
+    unfused optimizer of on_nan stop) when both are finite."""
     for optimizer_name in ("sgd", "adamw"):
         cfg = TrainConfig(on_nan="skip", optimizer=optimizer_name, lr=0.1)
         torch.manual_seed(0)
@@ -113,12 +114,15 @@ def test_a_nonfinite_step_is_skipped_on_the_device_leaving_weights_and_optimizer
         reference = copy.deepcopy(model)
         optimizer = build_optimizer(model, cfg)
         plain = build_optimizer(reference, dataclasses.replace(cfg, on_nan="stop"))
+        assert optimizer.defaults["fused"] and not plain.defaults["fused"]
         x = torch.randn(8, 4)
-        for i, poisoned in enumerate([True, False, True, False]):
+        for i, poisoned in enumerate(["loss", None, "gradient", None]):
             before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-            loss = model(x).square().mean() * (float("nan") if poisoned else 1.0)
+            loss = model(x).square().mean() * (float("nan") if poisoned == "loss" else 1.0)
             optimizer.zero_grad()
             loss.backward()
+            if poisoned == "gradient":  # a finite loss: only the gradient tells
+                model.bias.grad[0] = float("inf")
             keep = skip_if_nonfinite(optimizer, loss)
             optimizer.step()
             assert float(keep) == (0.0 if poisoned else 1.0)

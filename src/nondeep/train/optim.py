@@ -29,7 +29,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         # the fused step makes an empty momentum buffer at its first step and fills it there: a skipped first
         # step would leave it uninitialised. Zeros give the same first step (momentum x 0 + grad, no dampening).
         for p in [*decay, *no_decay]:
-            sgd.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)
     return sgd
 
 
