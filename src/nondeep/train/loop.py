@@ -281,8 +281,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
                 totals = running.read()
                 check_finite(totals, epoch, skipped_before)
                 next_read = time.monotonic() + REFRESH_SECONDS
-                elapsed = time.perf_counter() - epoch_start
-                seen = max(1, totals.seen)  # none when every step so far was skipped
+                elapsed, seen = time.perf_counter() - epoch_start, max(1, totals.seen)  # 0 if all were skipped
                 bar.set_postfix(loss=f"{totals.loss_sum / seen:.3f}", acc=f"{100 * totals.correct / seen:.1f}",
                                 img_s=f"{totals.seen * world_size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.3g}")
                 if (due or stop.signal) and batch_in_epoch + 1 < steps_per_epoch:
