@@ -27,7 +27,7 @@ class Totals:
     loss_sum: float
     correct: float
     seen: int
-    skipped: int                      # steps left out because their loss was not finite (on_nan skip)
+    skipped: int                      # steps the optimizer skipped: a loss or gradient not finite (on_nan skip)
     first_nonfinite_step: int | None  # the first step whose loss was NaN or infinite, if any
 
     def partial(self, seconds: float) -> dict[str, float]:
