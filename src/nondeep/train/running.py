@@ -39,9 +39,10 @@ class RunningSums:
     """Per-epoch sums on `device`, started from a checkpoint's partial epoch (loss_sum, correct, seen)."""
 
     def __init__(self, device: torch.device, loss_sum: float = 0.0, correct: float = 0.0, seen: int = 0) -> None:
-        # [loss x images, correct predictions, images, skipped steps, first non-finite step (inf: none)];
-        # float64 holds the counts exactly
-        self._sums = torch.tensor([loss_sum, correct, seen, 0.0, math.inf], dtype=torch.float64, device=device)
+        # [loss x images, correct predictions, images of kept steps, skipped steps, first non-finite step (inf:
+        # none)]; float64 holds the counts exactly. Without a keep flag the images are counted on the host.
+        self._sums = torch.tensor([loss_sum, correct, 0.0, 0.0, math.inf], dtype=torch.float64, device=device)
+        self.seen = int(seen)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int,
             keep: torch.Tensor | None = None) -> None:
@@ -51,12 +52,16 @@ class RunningSums:
         n = labels.numel()
         finite = torch.isfinite(loss)
         correct = (logits.detach().argmax(1) == labels).sum().double()
-        kept = torch.ones_like(loss) if keep is None else keep.double()
-        loss_part = loss * n if keep is None else torch.where(kept > 0, loss * n, 0.0)  # NaN x 0 is NaN
-        self._sums[:4] += torch.stack([loss_part, correct * kept, n * kept, 1 - kept])
+        if keep is None:  # the hot path: no op more than the sums need
+            self._sums[:2] += torch.stack([loss * n, correct])
+            self.seen += n
+        else:
+            kept = keep.double()
+            loss_part = torch.where(kept > 0, loss * n, 0.0)  # NaN x 0 is NaN
+            self._sums[:4] += torch.stack([loss_part, correct * kept, n * kept, 1 - kept])
         self._sums[4:] = torch.minimum(self._sums[4:], torch.where(finite, math.inf, float(step)).view(1))
 
     def read(self) -> Totals:
         """The sums on the host: one device sync."""
         loss_sum, correct, seen, skipped, bad = self._sums.tolist()
-        return Totals(loss_sum, correct, int(seen), int(skipped), None if math.isinf(bad) else int(bad))
+        return Totals(loss_sum, correct, self.seen + int(seen), int(skipped), None if math.isinf(bad) else int(bad))
