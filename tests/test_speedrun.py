@@ -11,9 +11,12 @@ import pytest
 
 from nondeep.cli import main
 from nondeep.experiments._lab import LabError
-from nondeep.experiments.speedrun import RECIPE, TUNING_SEED_OFFSET, check_depth, choose_epochs
+from nondeep.experiments.speedrun import (RECIPE, TUNING_SEED_OFFSET, candidate, check_depth, choose_epochs,
+                                         choose_recipe)
 from nondeep.stats import estimate
-from nondeep.train import evaluate_checkpoint
+from nondeep.train import evaluate_checkpoint, load_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 # a fast depth-3 student keeps the end-to-end runs to seconds; the recipe's own fields ride along
 CONFIG = "model: mimic_snn_1k\noptimizer: adamw\nlr: 0.003\ntta_flip: true\nchannels_last: true\nbatch_size: 64\n"
@@ -95,8 +98,64 @@ def test_choose_epochs_takes_the_first_that_reaches_the_bar():
     assert choose_epochs(tuning, 96.0) == (16, False)
 
 
+def test_choose_recipe_takes_the_fastest_that_reaches_the_bar_else_the_best_on_validation():
+    tuning = [{"recipe": "b256", "epochs": 4, "val_accuracy": 94.0, "train_seconds": 4.0},
+              {"recipe": "b256", "epochs": 8, "val_accuracy": 94.6, "train_seconds": 8.0},
+              {"recipe": "b1024", "epochs": 4, "val_accuracy": 93.8, "train_seconds": 2.0},
+              {"recipe": "b1024", "epochs": 8, "val_accuracy": 94.5, "train_seconds": 4.5},
+              {"recipe": "b64", "epochs": 4, "val_accuracy": 94.8, "train_seconds": 12.0}]
+    assert choose_recipe(tuning, 94.5) == ("b1024", 8, True)  # 4.5 s against 8 s and 12 s
+    assert choose_recipe(tuning, 94.6) == ("b256", 8, True)  # b1024 no longer reaches it
+    assert choose_recipe(tuning, 94.8) == ("b64", 4, True)  # the only one: speed does not matter
+    assert choose_recipe(tuning, 95.0) == ("b64", 4, False)  # none: the best at its longest count
+    assert choose_recipe(tuning[:4], 95.0) == ("b256", 8, False)
+
+
+def test_candidate_recipes_are_each_tuned_and_the_fastest_to_the_bar_is_measured(tiny_fashion, tmp_path):
+    configs = []
+    for name, batch in (("b32", 32), ("b128", 128)):
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text(CONFIG.replace("batch_size: 64", f"batch_size: {batch}"))
+    out = tmp_path / "sr"
+    code = main(["speedrun", "--config", *map(str, configs), "--quick", "--data-dir", str(tiny_fashion), "--out",
+                 str(out), "--no-progress", "--target", "1", "--margin", "0", "--seeds", "2", "--tune-seeds", "1"])
+    report = json.loads((out / "speedrun.json").read_text())
+    assert code == 0 and [(t["recipe"], t["epochs"]) for t in report["tuning"]] == [("b32", 1), ("b128", 1)]
+    for row in report["tuning"]:  # each recipe's tuning time is what its runs wrote
+        with open(out / f"{row['recipe']}-1ep" / f"seed{TUNING_SEED_OFFSET}" / "metrics.csv") as f:
+            assert row["train_seconds"] == pytest.approx(sum(float(r["epoch_seconds"]) for r in csv.DictReader(f)))
+    fastest = min(report["tuning"], key=lambda t: t["train_seconds"])["recipe"]
+    assert report["chosen_recipe"] == fastest and report["chosen_reached_bar"]
+    assert [r["recipe"] for r in report["runs"]] == [fastest, fastest]
+    batch = {"b32": 32, "b128": 128}[fastest]
+    assert {summary_of(r)["config"]["batch_size"] for r in report["runs"]} == {batch}
+    assert report["meta"]["recipe"]["batch_size"] == batch and set(report["meta"]["candidates"]) == {"b32", "b128"}
+    markdown = (out / "speedrun.md").read_text()
+    assert f"Chosen: {fastest} at 1 epochs: of the recipes whose mean validation accuracy reached 1%" in markdown
+    assert "- candidates: b32: mimic_snn_1k, TrainConfig's defaults except batch_size 32" in markdown
+    assert f"--config {configs[0]} {configs[1]} --target 1" in report["meta"]["command"]
+
+
+def test_two_candidate_recipes_with_one_name_or_a_deep_one_are_one_line(tiny_fashion, tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "recipe.yaml").write_text(CONFIG)
+    (tmp_path / "recipe.yaml").write_text(CONFIG)
+    (tmp_path / "deep.yaml").write_text("model: preact_resnet_20\n")
+    out = tmp_path / "sr"
+    cases = [(["a/recipe.yaml", "recipe.yaml"], "two share one (['recipe', 'recipe']): rename one"),
+             (["recipe.yaml", "deep.yaml"], "measures depth 20: the speedrun is for networks of depth")]
+    for configs, message in cases:
+        code = main(["speedrun", "--config", *(str(tmp_path / c) for c in configs), "--data-dir", str(tiny_fashion),
+                     "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1
+        assert not out.exists()
+
+
 def test_the_default_recipe_is_depth_12_and_a_deep_model_is_refused():
     assert RECIPE["model"] == "parnet_tiny" and check_depth("parnet_tiny", {}) == 12
+    # configs/speedrun_b256.yaml is the built-in recipe, so that it can be a candidate beside others
+    assert candidate("b256", load_config(REPO / "configs" / "speedrun_b256.yaml")) == candidate("b256", None)
     with pytest.raises(LabError, match="measures depth 20: the speedrun is for networks of depth <= 12"):
         check_depth("preact_resnet_20", {})
 
@@ -143,14 +202,15 @@ def test_a_compiled_recipe_is_compiled_by_an_untimed_warm_up_run_first(tiny_fash
     report = speedrun(tmp_path, tiny_fashion, "--target", "1", "--seeds", "2", *flags)
     markdown = (tmp_path / "sr" / "speedrun.md").read_text()
     measured = [(label, seed) for label, seed, *_ in trained if "warmup" not in label]
-    assert measured == [("mimic_snn_1k-1ep", 0), ("mimic_snn_1k-1ep", 1)]  # the timed runs are as without it
+    assert measured == [("recipe-1ep", 0), ("recipe-1ep", 1)]  # the timed runs are as without it
     if warmed:
         # first, before any timed run: one epoch of 4 full batches of the recipe's 64, on seeds of its own
-        assert trained[0] == ("mimic_snn_1k-warmup", speedrun_module.WARMUP_SEED_OFFSET, 286, 1)
-        assert report["warmup"]["steps"] == speedrun_module.WARMUP_STEPS and report["warmup"]["batch_size"] == 64
-        assert report["warmup"]["seconds"] > 0 and "an untimed warm-up run (4 steps of 64 images" in markdown
+        assert trained[0] == ("recipe-warmup", speedrun_module.WARMUP_SEED_OFFSET, 286, 1)
+        [warmup] = report["warmup"]
+        assert warmup["steps"] == speedrun_module.WARMUP_STEPS and warmup["batch_size"] == 64
+        assert warmup["seconds"] > 0 and "an untimed warm-up run per recipe (recipe: 4 steps of 64 images" in markdown
         assert not list((tmp_path / "sr").glob("*warmup*"))  # thrown away
     else:
-        assert report["warmup"] is None and len(trained) == 2
+        assert report["warmup"] == [] and len(trained) == 2
         assert ("in each timed run's first epoch (no warm-up)" if flags else "compilation: none (eager)") in markdown
     assert ("--no-warm-up" in report["meta"]["command"]) == ("--no-warm-up" in flags)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..experiments._lab import QUICK, Budget, lab_folder, on_gpu
+from ..experiments._lab import QUICK, Budget, LabError, lab_folder, on_gpu
 from ..experiments.speedrun import DEFAULT_GRID, GPU_TIME_TARGET, NAME, run_speedrun
 from ..train import load_config
 
 
 def cmd_speedrun(args: argparse.Namespace) -> None:
-    config = load_config(args.config) if args.config else None
+    names = [Path(path).stem for path in args.config or []]
+    if len(set(names)) < len(names):
+        raise LabError(f"--config files name the recipes by their file names, and two share one ({names}): "
+                       "rename one")
+    config = {name: load_config(path) for name, path in zip(names, args.config)} if args.config else None
     images = QUICK["max_train_samples"] if args.quick else args.max_train_samples or None
     grid = args.epoch_grid or ([1] if args.quick else list(DEFAULT_GRID))
     budget = Budget(epochs=1, max_train_samples=images, seeds=args.seeds, seed=args.seed, val_split=args.val_split,
@@ -18,9 +23,9 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
                     cpu_bf16=args.cpu_bf16, compile=args.compile)
     time_target = args.time_target if args.time_target is not None else (GPU_TIME_TARGET if on_gpu(args.device)
                                                                           else None)
-    command = ["nondeep", NAME, *(["--config", args.config] if args.config else []), "--target", f"{args.target:g}",
+    command = ["nondeep", NAME, *(["--config", *args.config] if args.config else []), "--target", f"{args.target:g}",
                "--epoch-grid", *map(str, grid), "--margin", f"{args.margin:g}",
-               *(["--tune-seeds", str(args.tune_seeds)] if len(set(grid)) > 1 else []),  # one count: no tuning
+               *(["--tune-seeds", str(args.tune_seeds)] if len(set(grid)) > 1 or len(names) > 1 else []),
                "--seeds", str(args.seeds), "--seed", str(args.seed), "--val-split", f"{args.val_split:g}",
                *(["--max-train-samples", str(images)] if images else []),
                *(["--time-target", f"{time_target:g}"] if time_target is not None else []),
@@ -37,8 +42,11 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(NAME, help="a depth <= 12 network to a target Fashion-MNIST test accuracy in as few training "
                                   "seconds as it can: schedule chosen on validation, then timed over seeds")
-    p.add_argument("--config", help="YAML of TrainConfig fields: the recipe (default: parnet_tiny's, with flip "
-                                    "test-time augmentation; its epochs are chosen from --epoch-grid)")
+    p.add_argument("--config", nargs="+", metavar="YAML",
+                   help="YAML of TrainConfig fields: the recipe (default: parnet_tiny's, with flip test-time "
+                        "augmentation; its epochs are chosen from --epoch-grid); several: candidate recipes (e.g. "
+                        "batch sizes), each tuned on the grid, the one that reaches the bar on validation in the "
+                        "fewest training seconds measured")
     p.add_argument("--target", type=float, default=94.0, help="test accuracy to reach, %% (default: %(default)s)")
     p.add_argument("--epoch-grid", type=int, nargs="+",
                    help=f"epoch counts tried on validation, shortest first (default: "
