@@ -13,6 +13,7 @@ from nondeep.cli import main
 from nondeep.experiments._lab import LabError
 from nondeep.experiments.speedrun import (RECIPE, TUNING_SEED_OFFSET, candidate, check_depth, choose_epochs,
                                          choose_recipe)
+from nondeep.models import create_model
 from nondeep.stats import estimate
 from nondeep.train import evaluate_checkpoint, load_config
 
@@ -72,6 +73,15 @@ def test_an_unreachable_target_measures_the_longest_schedule_and_says_so(tiny_fa
     assert {r["epochs"] for r in report["runs"]} == {2}
     assert [v.split(":")[0] for v in report["verdicts"]] == ["NOT MET", "NOT MET"]
     assert "NO epoch count of the grid reached 100.5%" in (tmp_path / "sr" / "speedrun.md").read_text()
+
+
+def test_a_time_target_of_0_is_none_and_the_command_says_so(tiny_fashion, tmp_path, monkeypatch):
+    monkeypatch.setattr("nondeep.cli.speedrun.on_gpu", lambda device: True)  # where 10 s is the default
+    report = speedrun(tmp_path, tiny_fashion, "--target", "1", "--seeds", "2", "--time-target", "0")
+    assert report["meta"]["time_target"] is None and len(report["verdicts"]) == 1  # accuracy only
+    assert "--time-target 0" in report["meta"]["command"]  # so that the command runs the same again
+    report = speedrun(tmp_path, tiny_fashion, "--target", "1", "--seeds", "2")
+    assert report["meta"]["time_target"] == 10 and len(report["verdicts"]) == 2
 
 
 def test_one_epoch_count_is_measured_as_given_without_tuning_runs(tiny_fashion, tmp_path, monkeypatch):
@@ -160,12 +170,19 @@ def test_the_default_recipe_is_depth_12_and_a_deep_model_is_refused():
         check_depth("preact_resnet_20", {})
 
 
+def test_the_best_accuracy_recipe_is_depth_12_under_1_5m_parameters():
+    best = candidate("best", load_config(REPO / "configs" / "best_parnet_w2.yaml"))  # issue 14: < 1.5 M, depth <= 12
+    net = create_model(best.model, num_classes=10, in_chans=1, **best.model_kwargs)
+    assert best.depth == 12 and sum(p.numel() for p in net.parameters()) == 1_407_658
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--epoch-grid", "0"], "--epoch-grid takes epoch counts of 1 or more"),
     (["--val-split", "0"], "--val-split must be above 0"),
     (["--tune-seeds", "0"], "--tune-seeds must be at least 1"),
     (["--target", "101"], "--target is a test accuracy in percent"),
     (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--time-target", "-1"], "--time-target is in seconds, 0 for none"),
 ])
 def test_bad_options_are_one_line_and_train_nothing(tiny_fashion, tmp_path, capsys, flags, message):
     out = tmp_path / "sr"

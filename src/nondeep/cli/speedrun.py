@@ -23,6 +23,8 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
                     cpu_bf16=args.cpu_bf16, compile=args.compile)
     time_target = args.time_target if args.time_target is not None else (GPU_TIME_TARGET if on_gpu(args.device)
                                                                           else None)
+    if time_target is not None and time_target < 0:
+        raise LabError(f"--time-target is in seconds, 0 for none, got {time_target:g}")
     command = ["nondeep", NAME, *(["--config", *args.config] if args.config else []), "--target", f"{args.target:g}",
                "--epoch-grid", *map(str, grid), "--margin", f"{args.margin:g}",
                *(["--tune-seeds", str(args.tune_seeds)] if len(set(grid)) > 1 or len(names) > 1 else []),
@@ -35,8 +37,8 @@ def cmd_speedrun(args: argparse.Namespace) -> None:
                *([] if args.warm_up else ["--no-warm-up"]),
                *(["--data-dir", args.data_dir] if args.data_dir else [])]
     run_speedrun(lab_folder(args.out, NAME), config, target=args.target, epoch_grid=grid, margin=args.margin,
-                 tune_seeds=args.tune_seeds, time_target=time_target, budget=budget, results=args.results,
-                 warm_up=args.warm_up, command=command)
+                 tune_seeds=args.tune_seeds, time_target=time_target or None,  # 0: none, where time is not asked
+                 budget=budget, results=args.results, warm_up=args.warm_up, command=command)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=10, help="measured runs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the first measured seed (default: 0)")
     p.add_argument("--time-target", type=float,
-                   help=f"seconds the mean training time must not pass (default: {GPU_TIME_TARGET:g} on a GPU, none "
-                        "on a CPU)")
+                   help=f"seconds the mean training time must not pass; 0: none (default: {GPU_TIME_TARGET:g} on a "
+                        "GPU, none on a CPU)")
     p.add_argument("--val-split", type=float, default=0.1, help="held out for choosing (default: %(default)s)")
     p.add_argument("--max-train-samples", type=int, help="train on the first N images (default: all)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1000 images, epoch grid 1")
