@@ -20,7 +20,7 @@ from ..errors import NondeepError
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def compile_mode_for(mode: str, device_type: str, world_size: int = 1) -> str:
+def compile_mode_for(mode: str, device_type: str, world_size: int) -> str:
     """The torch.compile mode a run uses: `mode` as given, or for auto the one measured best on the device."""
     if mode != "auto":
         return mode
