@@ -97,14 +97,23 @@ def plot_errorbars(rows: Sequence[dict[str, Any]], x: str, y: str, yerr: str, pa
                    title: str = "", xlabel: str | None = None, ylabel: str | None = None,
                    logx: bool = False) -> None:
     """One labelled point per row with a vertical error bar (e.g. mean accuracy ± its 95% interval); a row
-    without an interval (one seed) gets none."""
-    fig, ax = _subplots(figsize=(6.5, 4.5))
-    for row in rows:
-        ax.errorbar(row[x], row[y], yerr=row.get(yerr) or 0.0, fmt="o", capsize=4)
-        ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    if logx:
+    without an interval (one seed) gets none. Rows that share an x value (one student by several objectives)
+    would print their labels over each other: then each row gets a column of its own, named on the axis."""
+    xs = [row[x] for row in rows]
+    shared = len(set(xs)) < len(xs)
+    fig, ax = _subplots(figsize=(6.5, 4.5 + (1.0 if shared else 0.0)))
+    for i, row in enumerate(rows):
+        ax.errorbar(i if shared else row[x], row[y], yerr=row.get(yerr) or 0.0, fmt="o", capsize=4)
+        if not shared:
+            ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if shared:
+        ax.set_xticks(range(len(rows)), [f"{row[label]}\n{x} {row[x]:,}" if isinstance(row[x], int) else
+                                         f"{row[label]}\n{x} {row[x]:g}" for row in rows],
+                      rotation=35, ha="right", fontsize=7)
+        ax.set_xlim(-0.5, len(rows) - 0.5)
+    elif logx:
         ax.set_xscale("log")
-    ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title)
+    ax.set(xlabel="" if shared else xlabel or x, ylabel=ylabel or y, title=title)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
