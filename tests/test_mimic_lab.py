@@ -12,7 +12,7 @@ from nondeep.data import Augment, TensorLoader, build_loaders
 from nondeep.distill import CachedTargets, DistillLoss, OnlineTeacher, build_ensemble, distill, read_teachers
 from nondeep.distill.teacher import logits_over_images
 from nondeep.distill.transfer import TransferData, make_transfer_set
-from nondeep.experiments._lab import beyond_edge
+from nondeep.experiments._lab import Budget, LabError, beyond_edge
 from nondeep.experiments.mimic import check_targets
 from nondeep.stats import welch
 from nondeep.train import TrainConfig, train
@@ -143,7 +143,7 @@ def test_lab_mimic_writes_seeds_intervals_verdicts_and_targets_then_resumes(tiny
         assert row["gap_to_teacher"] == pytest.approx(report["meta"]["teacher"]["test_accuracy"] - row["test_accuracy"])
     assert [(c["a"], c["b"]) for c in report["comparisons"]] == [
         ("mimic_snn_1k mimic", "mimic_snn_1k labels"), ("mimic_snn_1k mimic K=0", "mimic_snn_1k labels K=0"),
-        ("mimic_snn_1k mimic", "mimic_snn_1k mimic K=0")]
+        ("mimic_snn_1k mimic", "mimic_snn_1k mimic K=0"), ("mimic_snn_1k labels", "mimic_snn_1k labels K=0")]
     for c in report["comparisons"]:
         assert c["verdict"] == welch(accs[c["a"]], accs[c["b"]], c["a"], c["b"]).as_dict()["verdict"]
     teacher = report["meta"]["teacher"]
@@ -190,6 +190,22 @@ def test_targets_hold_the_shallow_gain_to_a_shallow_student_and_parnet_to_its_la
     assert all(t["met"] for t in gains)
     twins = [t for t in targets if "at or above its label twin" in t["target"]]
     assert [(t["target"].split()[0], t["met"]) for t in twins] == [("parnet_tiny", False)]
+
+
+@pytest.mark.parametrize("online, sweep", [(False, [1]), (True, [])])
+def test_the_copies_are_swept_by_default_unless_the_teacher_runs_online(monkeypatch, online, sweep):
+    import nondeep.experiments.mimic as mimic_lab
+
+    seen = []
+
+    def stop(objectives, copies_sweep, *rest):  # the options as the lab resolved them, before anything trains
+        seen.append(copies_sweep)
+        raise LabError("stopped")
+
+    monkeypatch.setattr(mimic_lab, "check_options", stop)
+    with pytest.raises(LabError, match="stopped"):
+        mimic_lab.run_mimic_lab(budget=Budget(device="cpu"), teacher_online=online)
+    assert seen == [sweep]  # online there is no cached set to sweep: an explicit sweep is refused (below)
 
 
 @pytest.mark.parametrize("flags, message", [
