@@ -206,7 +206,7 @@ def _train(cfg: TrainConfig, resume: bool, loss_fn: LossFn | None, run_meta: dic
     if world_size > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
-        train_model = torch.compile(train_model, mode=cfg.compile_mode)
+        train_model = torch.compile(train_model, mode=cfg.compile_mode, dynamic=False)  # a batch size, a graph
 
     def meta_for_checkpoint(epoch: int, batch_in_epoch: int, epoch_partial: dict[str, float]) -> dict[str, Any]:
         return {"model": cfg.model, "model_kwargs": model_kwargs, "data": dataclasses.asdict(info), "config": cfg.to_dict(),
