@@ -5,11 +5,14 @@
 #   scripts/mutation.sh                    # every module below, one after the other
 #   scripts/mutation.sh train/optim.py     # one module
 #   SAMPLE=150 scripts/mutation.sh train/loop.py   # a seeded random sample of its mutants (SEED, CHUNK, CHILDREN)
+#   SINCE=5b2a0f5 scripts/mutation.sh train/loop.py  # only the mutants of lines changed since that commit
+#   SINCE=5b2a0f5 SAMPLE=40 scripts/mutation.sh train/loop.py  # a seeded random sample of those
 #
 # A sample is a prefix of a seeded random order of the module's mutants, run in chunks of CHUNK in that order, so
 # a run stopped between chunks has still decided a random sample. The summary lists the sample in sample.tsv
 # (name, status) and gives the fraction killed with its exact 95% interval (scripts/mutation_score.py); a survivor
-# counts as not killed until its verdict is added to the table by hand.
+# counts as not killed until its verdict is added to the table by hand. SINCE=REV selects, in the same way, the
+# mutants whose mutated line is one that `git diff REV` adds to the module (a re-score of a change, not a sample).
 #
 # Each module is mutated in its own copy of the committed tree under ${MUTATION_DIR:-/tmp/nondeep-mutation}
 # (mutmut rewrites files), and the summary lines go to <copy>/summary.txt; `mutmut results` and
@@ -19,7 +22,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 MUTMUT="$(dirname "$PYTHON")/mutmut"
 WORK="${MUTATION_DIR:-/tmp/nondeep-mutation}"
-SAMPLE="${SAMPLE:-}" SEED="${SEED:-20261129}" CHUNK="${CHUNK:-25}" CHILDREN="${CHILDREN:-1}"
+SAMPLE="${SAMPLE:-}" SINCE="${SINCE:-}" SEED="${SEED:-20261129}" CHUNK="${CHUNK:-25}" CHILDREN="${CHILDREN:-1}"
 
 # the feature-map tests, without the detectors' training steps (minutes a mutant, and they test torchvision's heads)
 FEATURE_TESTS="tests/test_features_detection.py::test_feature_shapes_channels_and_strides
@@ -92,19 +95,32 @@ for module in "${MODULES[@]}"; do
   } > "$copy/setup.cfg"
   echo "== $module against: $tests"
   start=$(date +%s)
-  if [ -z "$SAMPLE" ]; then
+  if [ -z "$SAMPLE$SINCE" ]; then
     (cd "$copy" && OMP_NUM_THREADS=1 "$MUTMUT" run --max-children "$CHILDREN" > run.log 2>&1) || true
   else
     # mutmut generates every mutant and maps the tests before it finds that no name matches: the list is then there
     (cd "$copy" && OMP_NUM_THREADS=1 "$MUTMUT" run no-such-mutant > run.log 2>&1) || true
-    "$PYTHON" - "$copy/mutants/src/nondeep/$module.meta" "$SEED" "$SAMPLE" > "$copy/sample.txt" <<'PY'
+    : > "$copy/added.txt"
+    if [ -n "$SINCE" ]; then
+      git -C "$ROOT" diff -U0 "$SINCE" "$tree" -- "src/nondeep/$module" | { grep '^+[^+]' || true; } | cut -c2- \
+        > "$copy/added.txt"
+    fi
+    (cd "$copy" && "$PYTHON" - "src/nondeep/$module" added.txt "$SEED" "${SAMPLE:-0}" "$SINCE" > sample.txt) <<'PY'
 import json, random, sys
-names = sorted(json.load(open(sys.argv[1]))["exit_code_by_key"])
-print("\n".join(random.Random(int(sys.argv[2])).sample(names, min(int(sys.argv[3]), len(names)))))
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+path, added_file, seed, size, since = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+names = sorted(json.load(open(f"mutants/{path}.meta"))["exit_code_by_key"])
+added = {line.strip() for line in open(added_file) if line.strip()}
+if since:  # the mutants whose mutated (removed) line is one the change added
+    names = [name for name in names if any(
+        line[1:].strip() in added for line in get_diff_for_mutant(name, path=path).splitlines()
+        if line.startswith("-") and not line.startswith("---"))]
+sys.stdout.write("".join(f"{name}\n" for name in (random.Random(seed).sample(names, min(size, len(names)))
+                                                   if size else names)))
 PY
-    echo "sample: $(wc -l < "$copy/sample.txt") mutants, seed $SEED, chunks of $CHUNK"
+    echo "${SINCE:+changed since $SINCE, }${SAMPLE:+a sample (seed $SEED) of }$(wc -l < "$copy/sample.txt") mutants, chunks of $CHUNK"
     split -l "$CHUNK" -d -a 3 "$copy/sample.txt" "$copy/chunk."
-    for chunk in "$copy"/chunk.*; do
+    for chunk in $(find "$copy" -maxdepth 1 -name 'chunk.*' | sort); do  # none when no mutant was chosen
       (cd "$copy" && OMP_NUM_THREADS=1 "$MUTMUT" run --max-children "$CHILDREN" $(cat "$chunk") >> run.log 2>&1) || true
       echo "$(date +%H:%M) done $(basename "$chunk")"
     done
@@ -118,10 +134,10 @@ PY
     for status in killed survived "no tests" timeout suspicious segfault skipped; do
       echo "$status: $(grep -c ": $status\$" "$copy/results.txt" || true)"
     done
-    if [ -n "$SAMPLE" ]; then  # the sample's rows in its order, for the verdicts on its survivors
+    if [ -n "$SAMPLE$SINCE" ]; then  # the sample's rows in its order, for the verdicts on its survivors
       awk 'NR == FNR { status[$1] = $2; next } { print $1 "\t" (($1 in status) ? status[$1] : "not checked") }' \
         FS=': ' <(sed 's/^ *//' "$copy/results.txt") "$copy/sample.txt" > "$copy/sample.tsv"
-      echo "sample: $(wc -l < "$copy/sample.txt") of $(grep -c '' "$copy/results.txt"), seed $SEED ($copy/sample.tsv)"
+      echo "sample: $(wc -l < "$copy/sample.txt") of $(grep -c '' "$copy/results.txt"), ${SINCE:+changed since $SINCE, }seed $SEED ($copy/sample.tsv)"
       "$PYTHON" "$ROOT/scripts/mutation_score.py" "$copy/sample.tsv"
     fi
   } | tee "$copy/summary.txt"
